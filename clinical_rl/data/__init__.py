@@ -1,0 +1,1 @@
+"""Cases (question + gold diagnosis), prompt construction and built-in data."""

@@ -1,0 +1,212 @@
+"""The controller: one process that places the roles, runs the PPO loop and saves the policy.
+
+`rl_step` is ARCHITECTURE.md's algorithm box, one phase per line; `run` owns everything around it (preflight,
+placement, actors, tracking, saving).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm import trange
+
+from clinical_rl.batch import RolloutBatch, Sample, shard_rows
+from clinical_rl.config import AlgoConfig, RewardConfig, RunConfig, dump_config
+from clinical_rl.data.cases import Case, load_cases
+from clinical_rl.data.prompts import render_prompt
+from clinical_rl.experience import experience_metrics, make_experience
+from clinical_rl.models import check_model_dir
+from clinical_rl.placement import create_placement_group, format_plan, plan_placement
+from clinical_rl.rewards.base import RewardInput, RewardResult, load_reward_class
+from clinical_rl.roles import Roles, start_roles, stop_roles
+from clinical_rl.tracking import PhaseTimer, Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    policy_dir: Path  # final policy, HF format
+    tracking: str  # W&B run directory (offline) or URL
+    history: list[dict[str, float]]  # metrics of every step
+
+
+def rl_step(cfg: RunConfig, roles: Roles, cases: list[Case], prompts: list[str], step: int) -> dict[str, float]:
+    """One PPO/GRPO step: generate -> reward -> logprobs/values -> advantages -> update -> weight sync."""
+    timer = PhaseTimer()
+    with timer("step"):
+        with timer("generate"):
+            batch = generate(roles, cases, prompts, cfg.algo.n_samples_per_prompt)
+        with timer("reward"):
+            results = score_rewards(roles, batch, cfg.reward)
+        with timer("logprobs"):
+            old_logp, ref_logp, values = score_tokens(roles, batch)
+        with timer("advantages"):
+            exp = make_experience(cfg.algo, batch, results, old_logp, ref_logp, values, cfg.reward.max_failed_frac)
+        with timer("train"):
+            train_metrics = ppo_update(cfg.algo, roles, exp, seed=cfg.seed + step)
+        with timer("sync"):
+            roles.sync_weights()
+    response_tokens = batch.response_mask.sum().item()
+    return {
+        **experience_metrics(exp, [r.status for r in results]),
+        **train_metrics,
+        "perf/rollout_tokens_per_s": response_tokens / timer.seconds["generate"],
+        **timer.metrics(),
+    }
+
+
+def generate(roles: Roles, cases: list[Case], prompts: list[str], n: int) -> RolloutBatch:
+    """Split prompts over the engines (data parallel), n samples each, and pad into a batch."""
+    import ray
+
+    prompt_ids = [roles.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    chunks = [list(range(i, len(prompts), len(roles.engines))) for i in range(len(roles.engines))]
+    refs = [
+        engine.generate.remote([prompt_ids[i] for i in rows], rows, n)
+        for engine, rows in zip(roles.engines, chunks)
+        if rows
+    ]
+    samples: list[Sample] = sorted((s for chunk in ray.get(refs) for s in chunk), key=lambda s: s.group_id)
+    pad_id = roles.tokenizer.pad_token_id if roles.tokenizer.pad_token_id is not None else roles.tokenizer.eos_token_id
+    return RolloutBatch.from_samples(samples, prompts, [c.answer for c in cases], pad_id)
+
+
+def score_rewards(roles: Roles, batch: RolloutBatch, cfg: RewardConfig) -> list[RewardResult]:
+    """Score on the reward actors; an actor that dies or overruns its deadline yields error/timeout results."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    items = [RewardInput(p, r, ref) for p, r, ref in zip(batch.prompts, batch.responses, batch.references)]
+    chunks = [items[i :: len(roles.rewards)] for i in range(len(roles.rewards))]
+    refs = [actor.score.remote(chunk) for actor, chunk in zip(roles.rewards, chunks)]
+    # The actor enforces per-call timeouts itself; this deadline only catches a hung or dead actor.
+    deadline = cfg.timeout_s * (cfg.max_retries + 1) * 2 + 30
+    scored: list[list[RewardResult]] = []
+    for ref, chunk in zip(refs, chunks):
+        try:
+            scored.append(ray.get(ref, timeout=deadline))
+        except GetTimeoutError:
+            ray.cancel(ref)
+            scored.append([RewardResult.failed("timeout", f"reward actor gave no answer in {deadline:.0f}s")] * len(chunk))
+        except RayActorError as err:
+            log.warning("reward actor died: %s", err)
+            scored.append([RewardResult.failed("error", f"reward actor died: {err}")] * len(chunk))
+    results: list[RewardResult] = [None] * len(items)  # type: ignore[list-item]
+    for a, chunk_results in enumerate(scored):
+        results[a :: len(roles.rewards)] = chunk_results
+    return results
+
+
+def score_tokens(roles: Roles, batch: RolloutBatch) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Old-policy and reference logprobs and critic values, computed concurrently; (B, T) each."""
+    import ray
+
+    policy = _sharded_call(roles.policy, "logprobs", batch)
+    reference = roles.reference.logprobs.remote(ray.put(batch))
+    values = _sharded_call(roles.critic, "values", batch) if roles.critic else None
+    return _cat(policy), ray.get(reference), None if values is None else _cat(values)
+
+
+def _sharded_call(ranks: list, method: str, batch: RolloutBatch) -> list:
+    """Each data-parallel rank scores its own rows (every ZeRO-3 rank must run the same forwards)."""
+    import ray
+
+    shards = [batch.select(shard_rows(len(batch), r, len(ranks))) for r in range(len(ranks))]
+    return [getattr(rank, method).remote(ray.put(shard)) for rank, shard in zip(ranks, shards)]
+
+
+def _cat(refs: list) -> Tensor:
+    import ray
+
+    parts = ray.get(refs)
+    width = max(p.shape[1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+
+
+def ppo_update(algo: AlgoConfig, roles: Roles, exp, seed: int) -> dict[str, float]:
+    """`ppo_epochs` passes of shuffled minibatches; policy and critic step concurrently on each."""
+    import ray
+
+    exp_ref = ray.put(exp)
+    generator = torch.Generator().manual_seed(seed)
+    per_minibatch: list[dict[str, float]] = []
+    for _ in range(algo.ppo_epochs):
+        for index in torch.randperm(len(exp.rollout), generator=generator).split(algo.minibatch_size):
+            refs = [rank.update.remote(exp_ref, index) for rank in roles.policy + roles.critic]
+            results = ray.get(refs)
+            merged = dict(results[0])  # rank 0 of the policy
+            if roles.critic:
+                merged.update(results[len(roles.policy)])  # rank 0 of the critic
+            per_minibatch.append(merged)
+    keys = per_minibatch[0].keys()
+    return {k: sum(m[k] for m in per_minibatch) / len(per_minibatch) for k in keys}
+
+
+class CaseSampler:
+    """Shuffled passes over the cases, deterministic by seed."""
+
+    def __init__(self, cases: list[Case], batch_size: int, seed: int) -> None:
+        self.cases, self.batch_size = cases, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order: list[int] = []
+
+    def next(self) -> list[Case]:
+        while len(self.order) < self.batch_size:
+            self.order += torch.randperm(len(self.cases), generator=self.generator).tolist()
+        rows, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
+        return [self.cases[i] for i in rows]
+
+
+def preflight(cfg: RunConfig) -> tuple[Path, Path, list[Case]]:
+    """Fail fast, before any actor starts: model directories, reward class, data."""
+    model_path = check_model_dir(cfg.model.path, "model.path")
+    critic_path = check_model_dir(cfg.critic.init_from, "critic.init_from") if cfg.critic.init_from else model_path
+    load_reward_class(cfg.reward.cls)
+    return model_path, critic_path, load_cases(cfg.data.path)
+
+
+def run(cfg: RunConfig) -> RunResult:
+    """Preflight, place and start the roles, run `cfg.steps` RL steps, save the final policy."""
+    import ray
+    from ray.util.placement_group import remove_placement_group
+
+    model_path, critic_path, cases = preflight(cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(cfg))
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(
+            address=cfg.ray.address,
+            num_cpus=cfg.ray.num_cpus,
+            object_store_memory=None if cfg.ray.address else int(cfg.ray.object_store_gib * 1024**3),
+            include_dashboard=False,
+        )
+    plan = plan_placement(cfg)
+    pg, nodes = create_placement_group(plan)
+    print(format_plan(plan, nodes), flush=True)
+    roles: Roles | None = None
+    try:
+        roles = start_roles(cfg, plan, pg, model_path, critic_path)
+        tracker = Tracker(cfg.tracking, out, cfg.model_dump(mode="json"))
+        sampler = CaseSampler(cases, cfg.algo.rollout_batch_size, cfg.seed)
+        for step in trange(1, cfg.steps + 1, desc="ppo", unit="step"):
+            step_cases = sampler.next()
+            prompts = [render_prompt(roles.tokenizer, c.question, cfg.data.system_prompt) for c in step_cases]
+            tracker.log(rl_step(cfg, roles, step_cases, prompts, step), step)
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                roles.save_policy(out / "checkpoints" / f"step_{step}")
+        policy_dir = roles.save_policy(out / "policy")
+        tracker.finish()
+        return RunResult(policy_dir=policy_dir, tracking=tracker.location, history=tracker.history)
+    finally:
+        if roles is not None:
+            stop_roles(roles)
+        remove_placement_group(pg)
+        if started_ray:
+            ray.shutdown()

@@ -1,0 +1,106 @@
+"""From a scored rollout batch to `Experience`: reward masking, KL shaping, advantages, and their metrics.
+
+Runs in the driver on (B, T) tensors that are small next to the models; the math itself is in `algorithms/`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from clinical_rl.algorithms.advantages import AdvantageInputs, get_advantage_estimator, shape_token_rewards
+from clinical_rl.algorithms.kl import get_kl_estimator
+from clinical_rl.algorithms.losses import explained_variance, masked_mean, masked_whiten
+from clinical_rl.batch import Experience, RolloutBatch
+from clinical_rl.config import AlgoConfig
+from clinical_rl.rewards.base import RewardResult
+
+
+class RewardFailureError(RuntimeError):
+    """Too many samples of a step had no valid reward: training on the rest would hide a broken verifier."""
+
+
+def make_experience(
+    algo: AlgoConfig,
+    batch: RolloutBatch,
+    results: list[RewardResult],
+    old_logp: Tensor,
+    ref_logp: Tensor,
+    values: Tensor | None,
+    max_failed_frac: float,
+) -> Experience:
+    """Scores with status -> masked, KL-shaped token rewards -> advantages and returns."""
+    reward_ok = torch.tensor([r.status == "ok" for r in results])
+    failed_frac = 1.0 - reward_ok.float().mean().item()
+    if failed_frac > max_failed_frac:
+        errors = sorted({str(r.details.get("error", r.status)) for r in results if r.status != "ok"})
+        raise RewardFailureError(
+            f"{failed_frac:.0%} of samples have no valid reward (reward.max_failed_frac={max_failed_frac}): {errors[:3]}"
+        )
+    scores = torch.tensor([r.reward if r.status == "ok" else 0.0 for r in results], dtype=torch.float32)
+    mask = batch.response_mask * reward_ok.unsqueeze(1)
+    kl = get_kl_estimator(algo.kl_estimator)(old_logp, ref_logp) * mask
+    token_rewards = shape_token_rewards(scores, mask, kl if algo.kl_in == "reward" else None, algo.kl_coef)
+    inputs = AdvantageInputs(
+        token_rewards=token_rewards,
+        scores=scores,
+        mask=mask,
+        group_ids=batch.group_ids,
+        values=None if values is None else values * mask,
+        gamma=algo.gamma,
+        lam=algo.lam,
+    )
+    advantages, returns = get_advantage_estimator(algo.advantage)(inputs)
+    if algo.normalize_advantages:
+        advantages = masked_whiten(advantages, mask)
+    return Experience(
+        rollout=batch,
+        scores=scores,
+        reward_ok=reward_ok,
+        old_logp=old_logp,
+        ref_logp=ref_logp,
+        values=inputs.values,
+        advantages=advantages,
+        returns=returns,
+        extras={"kl": kl.sum(dim=1), **_reward_parts(results)},
+    )
+
+
+def _reward_parts(results: list[RewardResult]) -> dict[str, Tensor]:
+    """Numeric details every valid result reports (e.g. correct, format_ok), NaN on failed samples."""
+    ok = [r for r in results if r.status == "ok"]
+    keys = {k for k, v in ok[0].details.items() if isinstance(v, (int, float))} if ok else set()
+    keys = {k for k in keys if all(isinstance(r.details.get(k), (int, float)) for r in ok)}
+    return {
+        k: torch.tensor([float(r.details[k]) if r.status == "ok" else math.nan for r in results]) for k in sorted(keys)
+    }
+
+
+def experience_metrics(exp: Experience, statuses: list[str]) -> dict[str, float]:
+    """reward/*, kl/*, adv/*, rollout/* and critic/explained_variance for one step."""
+    ok = exp.reward_ok
+    valid_scores = exp.scores[ok]
+    lengths = exp.rollout.response_lengths
+    m: dict[str, float] = {
+        "reward/mean": valid_scores.mean().item() if ok.any() else math.nan,
+        "reward/std": valid_scores.std().item() if ok.sum() > 1 else math.nan,
+        "reward/failed_frac": sum(s == "error" for s in statuses) / len(statuses),
+        "reward/timeout_frac": sum(s == "timeout" for s in statuses) / len(statuses),
+        "kl/mean": exp.extras["kl"][ok].mean().item() if ok.any() else math.nan,
+        "adv/mean": masked_mean(exp.advantages, exp.mask).item(),
+        "adv/returns_mean": masked_mean(exp.returns, exp.mask).item(),
+        "rollout/response_length_mean": lengths.mean().item(),
+        "rollout/response_length_max": lengths.max().item(),
+        "rollout/truncated_frac": exp.rollout.truncated.float().mean().item(),
+        # Engine vs trainer logprob of the same tokens: ~0 when weight sync and numerics agree.
+        "rollout/logp_mismatch": masked_mean((exp.old_logp - exp.rollout.rollout_logp).abs(),
+                                             exp.rollout.response_mask).item(),
+    }
+    for key, part in exp.extras.items():
+        if key != "kl":
+            m[f"reward/{key}"] = part[ok].mean().item() if ok.any() else math.nan
+    if exp.values is not None:
+        m["critic/explained_variance"] = explained_variance(exp.values, exp.returns, exp.mask)
+    return m

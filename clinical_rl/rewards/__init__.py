@@ -1,0 +1,1 @@
+"""Rewards: the result contract, plugin loading and the built-in verifiers."""

@@ -1,0 +1,76 @@
+"""Config: defaults are the paper's, overrides apply, bad keys and values are named with file and line."""
+
+from pathlib import Path
+
+import pytest
+
+from clinical_rl.config import ConfigError, RunConfig, dump_config, load_config, parse_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_the_paper_rl_settings():
+    cfg = RunConfig()
+    assert cfg.policy.lr == 5e-7
+    assert cfg.algo.rollout_batch_size == 16
+    assert cfg.algo.kl_coef == 0.03
+    assert cfg.algo.ppo_epochs == 3
+    assert cfg.algo.gamma == 1.0
+    assert cfg.algo.lam == 0.95
+    assert cfg.critic.value_coef == 1.0
+    assert cfg.policy.clip_eps_low == cfg.policy.clip_eps_high == 0.2
+    assert cfg.algo.kl_in == "reward"
+
+
+def test_overrides_parse_yaml_scalars_and_nest():
+    assert parse_overrides(["algo.kl_coef=0.01", "model.path=/x", "critic.clip_value=null"]) == {
+        "algo": {"kl_coef": 0.01},
+        "model": {"path": "/x"},
+        "critic": {"clip_value": None},
+    }
+    cfg = load_config(None, ["algo.kl_coef=0.01", "algo.kl_estimator=k3", "policy.zero_stage=3"])
+    assert (cfg.algo.kl_coef, cfg.algo.kl_estimator, cfg.policy.zero_stage) == (0.01, "k3", 3)
+
+
+def test_unknown_key_in_file_names_file_line_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("steps: 3\nalgo:\n  gamma: 1.0\n  kl_coeff: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert f"{path}:4" in str(err.value)
+    assert "algo.kl_coeff: unknown key" in str(err.value)
+
+
+def test_unknown_key_on_command_line_is_named():
+    with pytest.raises(ConfigError, match=r"command line: rollout.num_engine: unknown key"):
+        load_config(None, ["rollout.num_engine=2"])
+
+
+def test_invalid_value_is_named():
+    with pytest.raises(ConfigError, match=r"algo.kl_estimator"):
+        load_config(None, ["algo.kl_estimator=k9"])
+    with pytest.raises(ConfigError, match=r"minibatch_size"):
+        load_config(None, ["algo.minibatch_size=5"])
+    with pytest.raises(ConfigError, match=r"n_samples_per_prompt >= 2"):
+        load_config(None, ["algo.advantage=grpo"])
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(None, ["algo.kl_coef"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_config_is_frozen_and_round_trips(tmp_path):
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    with pytest.raises(Exception):
+        cfg.algo.gamma = 0.5  # type: ignore[misc]
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_shipped_configs_validate(name):
+    load_config(ROOT / "configs" / name)

@@ -1,0 +1,75 @@
+"""make_experience: failed rewards are masked and counted, KL shapes the reward, abort above the threshold."""
+
+import math
+
+import pytest
+import torch
+
+from clinical_rl.batch import RolloutBatch, Sample
+from clinical_rl.config import AlgoConfig
+from clinical_rl.experience import RewardFailureError, experience_metrics, make_experience
+from clinical_rl.rewards.base import RewardResult
+
+
+def batch() -> RolloutBatch:
+    samples = [
+        Sample([1, 2], [3, 4, 5], [-0.1, -0.2, -0.3], "a", "stop", 0),
+        Sample([1, 2], [6, 7], [-0.5, -0.6], "b", "length", 1),
+        Sample([1, 2], [8], [-0.7], "c", "stop", 2),
+    ]
+    return RolloutBatch.from_samples(samples, ["p0", "p1", "p2"], ["r0", "r1", "r2"], pad_id=0)
+
+
+def test_padding_layout():
+    b = batch()
+    assert b.input_ids.tolist() == [[1, 2, 3, 4, 5], [1, 2, 6, 7, 0], [1, 2, 8, 0, 0]]
+    assert b.response_mask.tolist() == [[0, 0, 1, 1, 1], [0, 0, 1, 1, 0], [0, 0, 1, 0, 0]]
+    assert b.rollout_logp[1].tolist() == pytest.approx([0, 0, -0.5, -0.6, 0])
+    assert b.truncated.tolist() == [False, True, False]
+
+
+def test_failed_reward_is_masked_and_counted_not_scored():
+    b = batch()
+    results = [RewardResult(1.0, "ok", {"correct": 1.0}), RewardResult.failed("error", "judge down"),
+               RewardResult(0.1, "ok", {"correct": 0.0})]
+    zeros = torch.zeros(3, 5)
+    algo = AlgoConfig(advantage="gae", kl_coef=0.0, normalize_advantages=False, rollout_batch_size=3, minibatch_size=3)
+    exp = make_experience(algo, b, results, zeros, zeros, zeros, max_failed_frac=0.5)
+    assert exp.reward_ok.tolist() == [True, False, True]
+    assert exp.mask[1].sum() == 0
+    assert exp.advantages[1].abs().sum() == 0 and exp.returns[1].abs().sum() == 0
+    # gamma=1, lam=0.95, values 0, reward only at the end: every token's advantage is lam^(steps to end) * score
+    assert exp.advantages[0, 2:].tolist() == pytest.approx([0.95**2, 0.95, 1.0])
+    m = experience_metrics(exp, [r.status for r in results])
+    assert m["reward/failed_frac"] == pytest.approx(1 / 3)
+    assert m["reward/mean"] == pytest.approx(0.55)
+    assert m["reward/correct"] == pytest.approx(0.5)
+
+
+def test_kl_in_reward_shapes_token_rewards():
+    b = batch()
+    results = [RewardResult(1.0, "ok")] * 3
+    old_logp = torch.full((3, 5), -1.0)
+    ref_logp = torch.full((3, 5), -1.5)  # k1 = 0.5 on every response token
+    algo = AlgoConfig(advantage="gae", kl_coef=0.1, lam=1.0, normalize_advantages=False, rollout_batch_size=3,
+                      minibatch_size=3)
+    exp = make_experience(algo, b, results, old_logp, ref_logp, torch.zeros(3, 5), max_failed_frac=0.0)
+    # lam = gamma = 1, values 0: the advantage at t is the sum of the rewards from t on: 1 - 0.05 * (tokens left)
+    assert exp.advantages[0, 2:].tolist() == pytest.approx([1 - 0.15, 1 - 0.10, 1 - 0.05])
+    assert exp.extras["kl"].tolist() == pytest.approx([1.5, 1.0, 0.5])
+
+
+def test_too_many_failures_abort_loudly():
+    results = [RewardResult.failed("timeout", "slow judge")] * 2 + [RewardResult(1.0, "ok")]
+    zeros = torch.zeros(3, 5)
+    algo = AlgoConfig(rollout_batch_size=3, minibatch_size=3)
+    with pytest.raises(RewardFailureError, match="67% of samples.*slow judge"):
+        make_experience(algo, batch(), results, zeros, zeros, zeros, max_failed_frac=0.5)
+
+
+def test_all_failed_metrics_are_nan_not_zero():
+    results = [RewardResult.failed("error", "x")] * 3
+    zeros = torch.zeros(3, 5)
+    exp = make_experience(AlgoConfig(rollout_batch_size=3, minibatch_size=3), batch(), results, zeros, zeros, zeros, 1.0)
+    m = experience_metrics(exp, ["error"] * 3)
+    assert math.isnan(m["reward/mean"]) and m["reward/failed_frac"] == 1.0

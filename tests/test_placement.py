@@ -1,0 +1,41 @@
+"""Placement plan: one bundle per actor instance, CPU or GPU bundles from the device, colocation."""
+
+from clinical_rl.config import load_config
+from clinical_rl.placement import format_plan, plan_placement
+
+
+def test_cpu_plan_has_a_bundle_per_actor():
+    cfg = load_config(None, ["rollout.num_engines=2", "policy.world_size=2", "critic.world_size=2", "reward.num_actors=2"])
+    plan = plan_placement(cfg)
+    roles = [s.role for s in plan.slots]
+    assert roles.count("rollout") == 2 and roles.count("policy") == 2 and roles.count("critic") == 2
+    assert roles.count("reference") == 1 and roles.count("reward") == 2
+    assert len(plan.bundles) == len(plan.slots) == 9
+    assert all("GPU" not in b for b in plan.bundles)
+    assert all(s.num_gpus == 0 for s in plan.slots)
+
+
+def test_gpu_plan_asks_for_gpus_except_reward():
+    plan = plan_placement(load_config(None, ["device=gpu"]))
+    for slot in plan.slots:
+        bundle = plan.bundles[slot.bundle]
+        if slot.role == "reward":
+            assert "GPU" not in bundle and slot.num_gpus == 0
+        else:
+            assert bundle["GPU"] == 1 and slot.num_gpus == 1
+
+
+def test_grpo_plan_has_no_critic():
+    plan = plan_placement(load_config(None, ["algo.advantage=grpo", "algo.n_samples_per_prompt=4"]))
+    assert not plan.of("critic")
+
+
+def test_colocated_roles_share_a_bundle_and_split_its_gpu():
+    cfg = load_config(None, ["device=gpu", "placement.colocate=true", "policy.world_size=2", "critic.world_size=2"])
+    plan = plan_placement(cfg)
+    rank0 = {s.role: s for s in plan.slots if s.bundle == plan.of("policy")[0].bundle}
+    assert set(rank0) == {"policy", "critic", "reference"}
+    assert abs(sum(s.num_gpus for s in rank0.values()) - 1.0) < 1e-9
+    assert plan.bundles[plan.of("policy")[0].bundle]["GPU"] == 1
+    text = format_plan(plan)
+    assert "policy[0], critic[0], reference[0]" in text and "policy[1], critic[1]" in text
