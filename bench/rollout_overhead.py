@@ -112,6 +112,8 @@ def main() -> None:
             tokens, secs = fn()
             rates[name].append(tokens / secs)
             print(f"round {r} {name:5s} {tokens} tokens in {secs:.2f} s = {tokens / secs:.0f} tok/s", flush=True)
+    pairs = [f"{x / y:.2f}" for x, y in zip(rates["actor"], rates["bare"], strict=True)]
+    print(f"per-round ratios (same round, back to back): {' '.join(pairs)}")
     ray.get(actor.shutdown.remote())
     bare.llm.llm_engine.engine_core.shutdown()
     ray.shutdown()

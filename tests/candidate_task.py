@@ -50,7 +50,7 @@ def write_cases(path: Path, n: int, seed: int) -> Path:
     return path
 
 
-def warm_start(model_dir: Path, steps: int = 60, batch_size: int = 32, lr: float = 3e-3, seed: int = 0) -> None:
+def warm_start(model_dir: Path, steps: int = 200, batch_size: int = 32, lr: float = 1e-3, seed: int = 0) -> None:
     """Supervised format training with a uniformly random candidate as target; overwrites the model in place."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

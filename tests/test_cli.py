@@ -1,0 +1,37 @@
+"""The CLI fails fast, before Ray or any actor starts, naming what is wrong."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clinical_rl.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+
+
+def test_wrong_config_key_is_named():
+    out = cli("ppo", "--config", "configs/demo.yaml", "algo.kl_coeff=0.1")
+    assert out.returncode == 2
+    assert "algo.kl_coeff: unknown key" in out.stderr
+
+
+def test_missing_model_path_is_named(tmp_path):
+    out = cli("ppo", "--config", "configs/tiny_cpu.yaml", f"model.path={tmp_path / 'nope'}")
+    assert out.returncode == 2
+    assert f"model.path: no HF model at {tmp_path / 'nope'}" in out.stderr
+
+
+def test_unreachable_reward_class_is_named(task_model):
+    out = cli("ppo", "--config", "configs/tiny_cpu.yaml", f"model.path={task_model}", "reward.cls=my_lab.rewards:Judge")
+    assert out.returncode == 2
+    assert "reward.cls: cannot import module 'my_lab.rewards'" in out.stderr
+
+
+def test_plan_prints_config_and_bundles():
+    out = cli("plan", "--config", "configs/demo.yaml", "rollout.num_engines=2")
+    assert out.returncode == 0, out.stderr
+    assert "num_engines: 2" in out.stdout
+    assert "rollout[1]" in out.stdout and "policy[0]" in out.stdout and "reward[0]" in out.stdout
