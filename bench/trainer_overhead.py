@@ -125,8 +125,8 @@ def main() -> None:
             rate, note = run(name)
             rates[name].append(rate)
             print(f"round {r} {name:7s} {tokens:.0f} tokens: {rate:.0f} tok/s{note}", flush=True)
-    pairs = [f"{t / b:.2f}" for t, b in zip(rates["trainer"], rates["bare"], strict=True)]
-    print(f"per-round ratios (same round, back to back): {' '.join(pairs)}")
+    pairs = [x / y for x, y in zip(rates["trainer"], rates["bare"], strict=True)]  # robust to slow drifts in load
+    print(f"per-round ratios: {' '.join(f'{p:.2f}' for p in pairs)} (median {statistics.median(pairs):.2f})")
     ray.shutdown()
     a, b = statistics.median(rates["trainer"]), statistics.median(rates["bare"])
     print(f"RATIO policy_trainer/bare_torch = {a / b:.2f} (trainer {a:.0f} tok/s, bare {b:.0f} tok/s, "

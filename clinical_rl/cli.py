@@ -6,6 +6,7 @@ The same line runs locally, after `ray job submit --` on a cluster, and as a Kub
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from clinical_rl.config import ConfigError, RunConfig, dump_config, load_config
@@ -54,6 +55,8 @@ def _ppo(cfg: RunConfig) -> int:
     from clinical_rl.driver import run
     from clinical_rl.experience import RewardFailureError
 
+    # SIGTERM (job cancel, pod eviction) unwinds like Ctrl-C, so run() kills its actors and Ray on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         result = run(cfg)
     except (FileNotFoundError, ValueError, RewardFailureError) as err:

@@ -5,6 +5,7 @@ The actor classes are plain; this is where they become Ray actors (`ray.remote(C
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from clinical_rl.actors.rollout import RolloutEngine
 from clinical_rl.config import RunConfig
 from clinical_rl.device import Device
 from clinical_rl.placement import PlacementPlan, Slot, actor_options, node_address_and_free_port
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -123,8 +126,17 @@ def _connect_weight_sync(roles: Roles, policy_rank0: Slot, pg: Any, bucket_mb: i
 
 
 def stop_roles(roles: Roles) -> None:
-    """Kill every actor (their processes, vLLM's engine core included, exit with them)."""
-    import ray
+    """Shut the engines down, then kill every actor.
 
+    vLLM's engine-core and worker processes are children of the engine actor, not Ray workers: `ray.kill` alone
+    would orphan them, so each engine first stops its own.
+    """
+    import ray
+    from ray.exceptions import GetTimeoutError, RayError
+
+    try:
+        ray.get([engine.shutdown.remote() for engine in roles.engines], timeout=60)
+    except (GetTimeoutError, RayError) as err:  # still kill the actors below; say what may be left behind
+        log.warning("vLLM engine shutdown failed (%s); its processes may outlive the run", err)
     for actor in [*roles.engines, *roles.policy, *roles.critic, roles.reference, *roles.rewards]:
         ray.kill(actor)

@@ -24,6 +24,7 @@ _CONSOLE_KEYS = (
     "policy/clipfrac",
     "loss/value",
     "rollout/response_length_mean",
+    "perf/rollout_tokens_per_s",
     "timing/step",
 )
 
@@ -73,7 +74,7 @@ class Tracker:
         self.history.append(dict(metrics))
         if self.run is not None:
             self.run.log(dict(metrics), step=step)
-        shown = "  ".join(f"{k.split('/')[-1]}={_fmt(metrics[k])}" for k in _CONSOLE_KEYS if k in metrics)
+        shown = "  ".join(f"{k}={_fmt(metrics[k])}" for k in _CONSOLE_KEYS if k in metrics)
         tqdm.write(f"step {step:>4}  {shown}")
 
     def finish(self) -> None:
