@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from typing import Any
+from ratio import report_ratio  # bench/ is sys.path[0] when a script runs
 
 
 def parse_args() -> argparse.Namespace:
@@ -113,14 +113,10 @@ def main() -> None:
             tokens, secs = fn()
             rates[name].append(tokens / secs)
             print(f"round {r} {name:5s} {tokens} tokens in {secs:.2f} s = {tokens / secs:.0f} tok/s", flush=True)
-    pairs = [x / y for x, y in zip(rates["actor"], rates["bare"], strict=True)]  # robust to slow drifts in load
-    print(f"per-round ratios: {' '.join(f'{p:.2f}' for p in pairs)} (median {statistics.median(pairs):.2f})")
     ray.get(actor.shutdown.remote())
     bare.llm.llm_engine.engine_core.shutdown()
     ray.shutdown()
-    a, b = statistics.median(rates["actor"]), statistics.median(rates["bare"])
-    print(f"RATIO rollout_actor/bare_vllm = {a / b:.2f} (actor {a:.0f} tok/s, bare {b:.0f} tok/s, "
-          f"median of {args.rounds})", flush=True)
+    report_ratio(rates, "actor", "bare", "rollout_actor/bare_vllm", "tok/s")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import torch
@@ -25,6 +24,7 @@ from clinical_rl.config import AlgoConfig, ModelConfig, PolicyConfig, RunConfig
 from clinical_rl.device import Device, torch_dtype
 from clinical_rl.models import prepare_embedded_model
 from clinical_rl.placement import actor_options, create_placement_group, node_address_and_free_port, plan_placement
+from ratio import report_ratio  # bench/ is sys.path[0] when a script runs
 
 SAMPLES = 8  # rows of the synthetic Experience = one minibatch = one optimizer step (2 micro-batches of 4)
 
@@ -125,12 +125,8 @@ def main() -> None:
             rate, note = run(name)
             rates[name].append(rate)
             print(f"round {r} {name:7s} {tokens:.0f} tokens: {rate:.0f} tok/s{note}", flush=True)
-    pairs = [x / y for x, y in zip(rates["trainer"], rates["bare"], strict=True)]  # robust to slow drifts in load
-    print(f"per-round ratios: {' '.join(f'{p:.2f}' for p in pairs)} (median {statistics.median(pairs):.2f})")
     ray.shutdown()
-    a, b = statistics.median(rates["trainer"]), statistics.median(rates["bare"])
-    print(f"RATIO policy_trainer/bare_torch = {a / b:.2f} (trainer {a:.0f} tok/s, bare {b:.0f} tok/s, "
-          f"median of {args.rounds})", flush=True)
+    report_ratio(rates, "trainer", "bare", "policy_trainer/bare_torch", "tok/s")
 
 
 if __name__ == "__main__":
