@@ -21,6 +21,7 @@ from clinical_rl.actors.scoring import next_token_logprobs
 from clinical_rl.algorithms.losses import ppo_policy_loss
 from clinical_rl.batch import Experience, RolloutBatch, trim_to_content
 from clinical_rl.config import AlgoConfig, ModelConfig, PolicyConfig, RunConfig
+from clinical_rl.data.cases import Case
 from clinical_rl.device import Device, torch_dtype
 from clinical_rl.models import prepare_embedded_model
 from clinical_rl.placement import actor_options, create_placement_group, node_address_and_free_port, plan_placement
@@ -77,7 +78,7 @@ def synthetic_batch(n: int, vocab: int, width: int = 256) -> RolloutBatch:
     for i, length in enumerate((64 + torch.randint(160, 193, (n,), generator=gen)).tolist()):
         ids[i, :length] = torch.randint(0, vocab, (length,), generator=gen)
         am[i, :length], rm[i, 64:length] = 1, 1.0
-    return RolloutBatch(ids, am, rm, torch.zeros(n, width), torch.arange(n), [""] * n, [""] * n, [""] * n,
+    return RolloutBatch(ids, am, rm, torch.zeros(n, width), torch.arange(n), [""] * n, [""] * n, [Case("", "")] * n,
                         torch.zeros(n, dtype=torch.bool))
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
+from clinical_rl.data.cases import Case
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -36,12 +38,12 @@ class RolloutBatch:
     group_ids: Tensor  # (B,) long
     prompts: list[str]  # (B,) prompt text as the model saw it (chat template applied)
     responses: list[str]  # (B,) decoded response
-    references: list[str]  # (B,) gold answer of the sample's case
+    cases: list[Case]  # (B,) the sample's case: gold answer, options, ICD-10, language
     truncated: Tensor  # (B,) bool: hit max_new_tokens without EOS
 
     @staticmethod
-    def from_samples(samples: list[Sample], prompts: list[str], references: list[str], pad_id: int) -> RolloutBatch:
-        """Pad samples into tensors; `prompts`/`references` are indexed by `Sample.group_id`."""
+    def from_samples(samples: list[Sample], prompts: list[str], cases: list[Case], pad_id: int) -> RolloutBatch:
+        """Pad samples into tensors; `prompts`/`cases` are indexed by `Sample.group_id`."""
         width = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
         b = len(samples)
         input_ids = torch.full((b, width), pad_id, dtype=torch.long)
@@ -62,7 +64,7 @@ class RolloutBatch:
             group_ids=torch.tensor([s.group_id for s in samples]),
             prompts=[prompts[s.group_id] for s in samples],
             responses=[s.text for s in samples],
-            references=[references[s.group_id] for s in samples],
+            cases=[cases[s.group_id] for s in samples],
             truncated=torch.tensor([s.finish_reason == "length" for s in samples]),
         )
 
@@ -85,7 +87,7 @@ class RolloutBatch:
             group_ids=self.group_ids[index],
             prompts=[self.prompts[i] for i in rows],
             responses=[self.responses[i] for i in rows],
-            references=[self.references[i] for i in rows],
+            cases=[self.cases[i] for i in rows],
             truncated=self.truncated[index],
         )
 

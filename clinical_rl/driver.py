@@ -73,7 +73,7 @@ def generate(roles: Roles, cases: list[Case], prompts: list[str], n: int) -> Rol
     ]
     samples: list[Sample] = sorted((s for chunk in ray.get(refs) for s in chunk), key=lambda s: s.group_id)
     pad_id = roles.tokenizer.pad_token_id if roles.tokenizer.pad_token_id is not None else roles.tokenizer.eos_token_id
-    return RolloutBatch.from_samples(samples, prompts, [c.answer for c in cases], pad_id)
+    return RolloutBatch.from_samples(samples, prompts, cases, pad_id)
 
 
 def score_rewards(roles: Roles, batch: RolloutBatch, cfg: RewardConfig) -> list[RewardResult]:
@@ -81,7 +81,7 @@ def score_rewards(roles: Roles, batch: RolloutBatch, cfg: RewardConfig) -> list[
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError
 
-    items = [RewardInput(p, r, ref) for p, r, ref in zip(batch.prompts, batch.responses, batch.references)]
+    items = [RewardInput(p, r, c.answer, c) for p, r, c in zip(batch.prompts, batch.responses, batch.cases)]
     chunks = [items[i :: len(roles.rewards)] for i in range(len(roles.rewards))]
     refs = [actor.score.remote(chunk) for actor, chunk in zip(roles.rewards, chunks)]
     # The actor enforces per-call timeouts itself; this deadline only catches a hung or dead actor.

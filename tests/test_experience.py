@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from clinical_rl.batch import RolloutBatch, Sample
+from clinical_rl.data.cases import Case
 from clinical_rl.config import AlgoConfig
 from clinical_rl.experience import RewardFailureError, experience_metrics, make_experience
 from clinical_rl.rewards.base import RewardResult
@@ -17,7 +18,7 @@ def batch() -> RolloutBatch:
         Sample([1, 2], [6, 7], [-0.5, -0.6], "b", "length", 1),
         Sample([1, 2], [8], [-0.7], "c", "stop", 2),
     ]
-    return RolloutBatch.from_samples(samples, ["p0", "p1", "p2"], ["r0", "r1", "r2"], pad_id=0)
+    return RolloutBatch.from_samples(samples, ["p0", "p1", "p2"], [Case("q", f"r{i}") for i in range(3)], pad_id=0)
 
 
 def test_padding_layout():

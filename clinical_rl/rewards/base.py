@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from clinical_rl.data.cases import Case
+
 RewardStatus = Literal["ok", "error", "timeout"]
 
 
@@ -20,7 +22,8 @@ class RewardInput:
 
     prompt: str
     response: str
-    reference: str
+    reference: str  # the gold answer
+    case: Case | None = None  # the whole case (options, ICD-10, language) when the caller has it
 
 
 @dataclass(frozen=True)

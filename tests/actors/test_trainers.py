@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from clinical_rl.data.cases import Case
 from clinical_rl.actors.critic import CriticTrainer, load_value_model
 from clinical_rl.actors.policy import PolicyTrainer
 from clinical_rl.actors.reference import ReferenceModel
@@ -72,7 +73,7 @@ def make_batch(seed: int = 0, lengths: list[int] = LENGTHS) -> RolloutBatch:
         group_ids=torch.arange(b),
         prompts=[""] * b,
         responses=[""] * b,
-        references=[""] * b,
+        cases=[Case("", "")] * b,
         truncated=torch.zeros(b, dtype=torch.bool),
     )
 
