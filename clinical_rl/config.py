@@ -114,8 +114,26 @@ class AlgoConfig(_Node):
 
 
 class DataConfig(_Node):
-    path: str = Field("builtin", description="'builtin' cases or a JSONL file with 'question' and 'answer'")
+    path: str = Field("builtin", description="'builtin', a JSONL/JSON/CSV/Parquet file or a saved HF dataset dir")
+    format: Literal[
+        "auto", "builtin", "huatuo_o1", "huatuo_o1_mcq", "medqa", "cmb_clin", "medrbench",
+        "jsonl", "json", "csv", "parquet", "hf",
+    ] = Field("auto", description="loader (clinical_rl.data.loaders); auto: by shared file name, else by extension")
+    fields: dict[str, str] = Field(default_factory=dict, description="schema field -> source column (generic formats)")
+    language: Literal["zh", "en"] | None = Field(None, description="override every case's language")
+    limit: int | None = Field(None, ge=1, description="keep the first N cases in file order")
     system_prompt: str | None = Field(None, description="override the built-in think-then-answer instruction")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        from clinical_rl.data.loaders import GENERIC_FORMATS, SCHEMA_FIELDS
+
+        unknown = sorted(set(self.fields) - set(SCHEMA_FIELDS))
+        if unknown:
+            raise ValueError(f"data.fields: unknown schema fields {unknown}; valid: {', '.join(SCHEMA_FIELDS)}")
+        if self.fields and self.format not in (*GENERIC_FORMATS, "auto"):
+            raise ValueError(f"data.fields applies only to the formats {', '.join(GENERIC_FORMATS)}")
+        return self
 
 
 class PlacementConfig(_Node):

@@ -69,7 +69,7 @@ def test_engine_and_trainer_agree_after_a_weight_sync(task_model, task_cases, tm
 
     from clinical_rl.actors.rollout import RolloutEngine
     from clinical_rl.batch import RolloutBatch
-    from clinical_rl.data.cases import load_cases
+    from clinical_rl.data.loaders import load_cases
     from clinical_rl.data.prompts import render_prompt
     from clinical_rl.device import Device
     from clinical_rl.driver import generate, rl_step

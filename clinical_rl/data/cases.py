@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from clinical_rl.data.departments import DEPARTMENTS, Department, department_of
@@ -96,27 +94,3 @@ BUILTIN_CASES: tuple[Case, ...] = tuple(
     ]
 )
 
-
-def load_cases(path: str) -> list[Case]:
-    """`builtin` or a JSONL file; a bad row fails with the file, line and field."""
-    if path == "builtin":
-        return list(BUILTIN_CASES)
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"data.path: no such file {file}")
-    cases = []
-    with file.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{file}:{lineno}: invalid JSON ({err.msg})") from None
-            for key in ("question", "answer"):
-                if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise ValueError(f"{file}:{lineno}: field {key!r} missing or not a non-empty string")
-            cases.append(Case(row["question"], row["answer"]))
-    if not cases:
-        raise ValueError(f"{file}: no cases")
-    return cases
