@@ -33,12 +33,12 @@ def prompt_ids(model_dir: str, n: int) -> list[list[int]]:
     """`n` built-in cases (cycled) rendered with the chat template, tokenized as the driver does."""
     from transformers import AutoTokenizer
 
-    from clinical_rl.data.cases import BUILTIN_CASES
+    from clinical_rl.data.generator import generate_cases
     from clinical_rl.data.prompts import render_prompt
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    cases = [BUILTIN_CASES[i % len(BUILTIN_CASES)] for i in range(n)]
-    return [tok(render_prompt(tok, c.question), add_special_tokens=False)["input_ids"] for c in cases]
+    cases = generate_cases(n, seed=0, languages=("en",))
+    return [tok(render_prompt(tok, c), add_special_tokens=False)["input_ids"] for c in cases]
 
 
 class BareVLLM:

@@ -23,6 +23,18 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--config", help="YAML config file (defaults apply without one)")
         cmd.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algo.kl_coef=0.01")
     sub.add_parser("prepare-model", help="convert the embedded SmolLM2 model into the cache (idempotent)")
+    serve = sub.add_parser("serve-reward", help="serve reward.cls over HTTP (OpenRLHF remote reward protocol)")
+    serve.add_argument("--config", help="YAML config file; only its reward section is used")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=5000, help="TCP port")
+    serve.add_argument("--failed-reward", type=float, default=None, metavar="FLOAT",
+                       help="reward for samples that fail to score, flagged in extra_logs.reward_failed "
+                            "(default: answer the request with 503 listing them)")
+    serve.add_argument("--strip-suffix", action="append", default=None, metavar="TEXT",
+                       help="EOS text to cut off the end of each response (repeatable; default: common EOS tokens; "
+                            "--strip-suffix '' cuts nothing)")
+    serve.add_argument("--concurrency", type=int, default=1, help="reward class instances serving requests at once")
+    serve.add_argument("overrides", nargs="*", help="dotted overrides, e.g. reward.timeout_s=30")
     return parser
 
 
@@ -40,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "plan":
         return _plan(cfg)
+    if args.command == "serve-reward":
+        return _serve_reward(cfg, args)
     return _ppo(cfg)
 
 
@@ -48,6 +62,22 @@ def _plan(cfg: RunConfig) -> int:
 
     print(dump_config(cfg))
     print(format_plan(plan_placement(cfg)))
+    return 0
+
+
+def _serve_reward(cfg: RunConfig, args: argparse.Namespace) -> int:
+    import logging
+
+    from clinical_rl.rewards.server import DEFAULT_STRIP_SUFFIXES, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    suffixes = DEFAULT_STRIP_SUFFIXES if args.strip_suffix is None else tuple(s for s in args.strip_suffix if s)
+    try:
+        serve(cfg.reward, host=args.host, port=args.port, failed_reward=args.failed_reward, suffixes=suffixes,
+              concurrency=args.concurrency)
+    except ValueError as err:  # unusable reward.cls / kwargs, bad --failed-reward: before anything binds
+        print(f"clinical-rl: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -71,7 +71,7 @@ class ReferenceConfig(_Node):
 
 
 class RewardConfig(_Node):
-    cls: str = Field("clinical_rl.rewards.think_answer:ThinkAnswerReward", description="reward class, module:Class")
+    cls: str = Field("clinical_rl.rewards.clinical:ClinicalReward", description="reward class, module:Class")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="constructor arguments of the reward class")
     num_actors: int = Field(1, ge=1, description="reward actors; samples are split across them")
     num_cpus: float = Field(0.25, gt=0, description="CPUs per reward actor")

@@ -16,7 +16,8 @@ from tqdm import trange
 
 from clinical_rl.batch import RolloutBatch, Sample, shard_rows
 from clinical_rl.config import AlgoConfig, RewardConfig, RunConfig, dump_config
-from clinical_rl.data.cases import Case, load_cases
+from clinical_rl.data.cases import Case
+from clinical_rl.data.loaders import load_cases
 from clinical_rl.data.prompts import render_prompt
 from clinical_rl.experience import experience_metrics, make_experience
 from clinical_rl.models import check_model_dir
@@ -81,7 +82,10 @@ def score_rewards(roles: Roles, batch: RolloutBatch, cfg: RewardConfig) -> list[
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError
 
-    items = [RewardInput(p, r, c.answer, c) for p, r, c in zip(batch.prompts, batch.responses, batch.cases)]
+    lengths = batch.response_lengths.long().tolist()
+    items = [
+        RewardInput(p, r, c.answer, c, n) for p, r, c, n in zip(batch.prompts, batch.responses, batch.cases, lengths)
+    ]
     chunks = [items[i :: len(roles.rewards)] for i in range(len(roles.rewards))]
     refs = [actor.score.remote(chunk) for actor, chunk in zip(roles.rewards, chunks)]
     # The actor enforces per-call timeouts itself; this deadline only catches a hung or dead actor.
@@ -167,7 +171,9 @@ def preflight(cfg: RunConfig) -> tuple[Path, Path, list[Case]]:
     model_path = check_model_dir(cfg.model.path, "model.path")
     critic_path = check_model_dir(cfg.critic.init_from, "critic.init_from") if cfg.critic.init_from else model_path
     load_reward_class(cfg.reward.cls)
-    return model_path, critic_path, load_cases(cfg.data.path)
+    return model_path, critic_path, load_cases(
+        cfg.data.path, cfg.data.format, cfg.data.fields, cfg.data.language, cfg.data.limit, cfg.seed
+    )
 
 
 def run(cfg: RunConfig) -> RunResult:
@@ -197,7 +203,7 @@ def run(cfg: RunConfig) -> RunResult:
         sampler = CaseSampler(cases, cfg.algo.rollout_batch_size, cfg.seed)
         for step in trange(1, cfg.steps + 1, desc="ppo", unit="step"):
             step_cases = sampler.next()
-            prompts = [render_prompt(roles.tokenizer, c.question, cfg.data.system_prompt) for c in step_cases]
+            prompts = [render_prompt(roles.tokenizer, c, cfg.data.system_prompt) for c in step_cases]
             tracker.log(rl_step(cfg, roles, step_cases, prompts, step), step)
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
                 roles.save_policy(out / "checkpoints" / f"step_{step}")

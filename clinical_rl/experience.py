@@ -69,12 +69,11 @@ def make_experience(
 
 
 def _reward_parts(results: list[RewardResult]) -> dict[str, Tensor]:
-    """Numeric details every valid result reports (e.g. correct, format_ok), NaN on failed samples."""
-    ok = [r for r in results if r.status == "ok"]
-    keys = {k for k, v in ok[0].details.items() if isinstance(v, (int, float))} if ok else set()
-    keys = {k for k in keys if all(isinstance(r.details.get(k), (int, float)) for r in ok)}
+    """Numeric details of the results (e.g. correct, format_ok); NaN where a result does not report one."""
+    keys = {k for r in results for k, v in r.details.items() if isinstance(v, (int, float))}
     return {
-        k: torch.tensor([float(r.details[k]) if r.status == "ok" else math.nan for r in results]) for k in sorted(keys)
+        k: torch.tensor([float(v) if isinstance(v := r.details.get(k), (int, float)) else math.nan for r in results])
+        for k in sorted(keys)
     }
 
 
@@ -99,8 +98,14 @@ def experience_metrics(exp: Experience, statuses: list[str]) -> dict[str, float]
                                              exp.rollout.response_mask).item(),
     }
     for key, part in exp.extras.items():
-        if key != "kl":
-            m[f"reward/{key}"] = part[ok].mean().item() if ok.any() else math.nan
+        reported = part[~part.isnan()]
+        if key == "kl" or not len(reported):  # a part no sample reported this step is absent, not NaN
+            continue
+        if key.endswith("latency_s"):  # tails matter for a verifier behind a network
+            m[f"reward/{key}_p50"] = reported.quantile(0.5).item()
+            m[f"reward/{key}_p99"] = reported.quantile(0.99).item()
+        else:
+            m[f"reward/{key}"] = reported.mean().item()
     if exp.values is not None:
         m["critic/explained_variance"] = explained_variance(exp.values, exp.returns, exp.mask)
     return m

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from clinical_rl.data.cases import Case
 from clinical_rl.data.prompts import render_prompt
 
 FINDINGS = {"cough": "flu", "toe": "gout", "rash": "measles"}
@@ -61,7 +62,7 @@ def warm_start(model_dir: Path, steps: int = 200, batch_size: int = 32, lr: floa
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     cases = make_cases(256, seed)
-    prompts = [encode(render_prompt(tokenizer, c["question"], SYSTEM_PROMPT)) for c in cases]
+    prompts = [encode(render_prompt(tokenizer, Case(c["question"], ""), SYSTEM_PROMPT)) for c in cases]
     answers = {(c["finding"], d): encode(thinking(c["finding"]) + d) + [tokenizer.eos_token_id]
                for c in cases for d in DIAGNOSES}
     model.train()

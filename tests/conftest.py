@@ -26,3 +26,14 @@ def task_cases(tmp_path_factory) -> Path:
     from tests.candidate_task import write_cases
 
     return write_cases(tmp_path_factory.mktemp("task_cases") / "cases.jsonl", n=256, seed=7)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    """A real `vllm serve` (OpenAI-compatible) of the embedded model on 127.0.0.1, shared by the session."""
+    from clinical_rl.local_server import LocalVLLMServer
+    from clinical_rl.models import resolve_model_path
+
+    log = tmp_path_factory.mktemp("vllm_server") / "server.log"
+    with LocalVLLMServer(resolve_model_path("embedded"), served_name="smollm2", log_path=log) as server:
+        yield server

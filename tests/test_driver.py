@@ -83,7 +83,7 @@ def test_engine_and_trainer_agree_after_a_weight_sync(task_model, task_cases, tm
         pg, _ = create_placement_group(plan)
         roles = start_roles(cfg, plan, pg, task_model, task_model)
         cases = load_cases(str(task_cases))[:4]
-        prompts = [render_prompt(roles.tokenizer, c.question, SYSTEM_PROMPT) for c in cases]
+        prompts = [render_prompt(roles.tokenizer, c, SYSTEM_PROMPT) for c in cases]
         before: RolloutBatch = generate(roles, cases, prompts, n=1)
         old = ray.get(roles.policy[0].logprobs.remote(before))
         rl_step(cfg, roles, cases * 2, prompts * 2, step=1)  # update + sync

@@ -106,6 +106,21 @@ class RolloutEngine:
             logprobs=0,  # only the sampled token's
         )
 
+    def chat(
+        self, conversations: list[list[dict[str, str]]], max_tokens: int, top_logprobs: int = 0
+    ) -> list[tuple[str, dict[str, float] | None]]:
+        """Greedy chat completions (judge, evaluation): text and the first token's top candidates' logprobs."""
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=top_logprobs or None)
+        outputs = self.llm.chat(conversations, params, use_tqdm=False)
+        replies = []
+        for out in outputs:
+            comp = out.outputs[0]
+            top = None
+            if top_logprobs and comp.logprobs:
+                top = {lp.decoded_token: lp.logprob for lp in comp.logprobs[0].values() if lp.decoded_token}
+            replies.append((comp.text, top))
+        return replies
+
     def token_logprobs(self, input_ids: list[list[int]]) -> list[list[float]]:
         """Raw model logprob (temperature 1) of every token given its prefix; position 0 gets 0.0. Diagnostics."""
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)

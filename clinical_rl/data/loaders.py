@@ -22,7 +22,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from clinical_rl.data.cases import BUILTIN_CASES, Case
+from clinical_rl.data.cases import Case
+from clinical_rl.data.generator import generate_cases
 from clinical_rl.data.departments import DEPARTMENTS
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,8 @@ def detect_format(path: str | Path) -> str:
 
 
 def load_builtin(seed: int = 0) -> list[Case]:
-    """The built-in vignettes (`seed` is for the knowledge-base generator that will replace them)."""
-    return list(BUILTIN_CASES)
+    """The embedded default dataset: one generated vignette per knowledge-base disease and language."""
+    return generate_cases(seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,19 +1,33 @@
-"""Prompt construction: the think-before-answer instruction and the tokenizer's chat template."""
+"""Prompt construction: the think-then-answer instruction (English and Chinese) and the tokenizer's chat template."""
 
 from __future__ import annotations
 
 from typing import Any
 
-THINK_THEN_ANSWER = (
-    "You are a careful physician. First reason step by step inside <think> </think>, then give the final "
-    "diagnosis on one line after the think block, as 'Diagnosis: <name>'."
-)
+from clinical_rl.data.cases import Case
+
+THINK_THEN_ANSWER = {
+    "en": (
+        "You are a careful physician. First reason step by step inside <think> </think>, then give the final "
+        "diagnosis on one line after the think block, as 'Diagnosis: <name>'."
+    ),
+    "zh": "你是一名严谨的医生。请先在 <think> </think> 中逐步推理，然后在思考块之后用一行给出最终诊断，格式为“诊断：<名称>”。",
+}
+_OPTIONS_HEADER = {"en": "Options:", "zh": "选项："}
 
 
-def render_prompt(tokenizer: Any, question: str, system_prompt: str | None = None) -> str:
+def case_text(case: Case) -> str:
+    """What the model reads: the case text, and the lettered options of a multiple-choice case."""
+    if not case.options:
+        return case.question
+    options = "\n".join(f"{letter}. {text}" for letter, text in case.options.items())
+    return f"{case.question}\n\n{_OPTIONS_HEADER[case.language]}\n{options}"
+
+
+def render_prompt(tokenizer: Any, case: Case, system_prompt: str | None = None) -> str:
     """Chat-formatted prompt text ending where the assistant starts to answer."""
     messages = [
-        {"role": "system", "content": system_prompt or THINK_THEN_ANSWER},
-        {"role": "user", "content": question},
+        {"role": "system", "content": system_prompt or THINK_THEN_ANSWER[case.language]},
+        {"role": "user", "content": case_text(case)},
     ]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -22,7 +22,7 @@ _HUATUO = re.compile(
 # Phrases that introduce the diagnosis inside a longer final response; the first match wins.
 _DIAGNOSIS_LEAD = re.compile(
     r"(?:final\s+diagnosis|most\s+likely\s+diagnosis|diagnosis|the\s+answer|answer)\s*(?:is|:|：)\s*"
-    r"|(?:最终诊断|最可能的诊断|初步诊断|诊断|答案)\s*(?:是|为|：|:)\s*",
+    r"|(?:最终诊断|最可能的诊断|初步诊断|诊断|答案)\s*(?:(?:是|为)\s*[:：]?|[:：])\s*",
     re.IGNORECASE,
 )
 _MARKDOWN = re.compile(r"[*_`#>]+")

@@ -24,6 +24,7 @@ class RewardInput:
     response: str
     reference: str  # the gold answer
     case: Case | None = None  # the whole case (options, ICD-10, language) when the caller has it
+    response_tokens: int | None = None  # length of the response in policy tokens, when the caller knows it
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from clinical_rl.config import ConfigError, DataConfig, load_config
-from clinical_rl.data.cases import BUILTIN_CASES, Case
+from clinical_rl.data.cases import Case
 from clinical_rl.data.loaders import FORMATS, CaseFormatError, detect_format, load_cases
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -100,6 +100,13 @@ def test_shared_files_are_detected_by_name_and_the_rest_by_extension(shared, tmp
     assert detect_format(tmp_path / "x.CSV") == "csv"
     assert detect_format(tmp_path) == "hf"
     assert detect_format("builtin") == "builtin"
+
+
+def test_builtin_is_the_generated_knowledge_base_dataset():
+    cases = load_cases("builtin", seed=3)
+    assert cases == load_cases("builtin", seed=3) and {c.language for c in cases} == {"en", "zh"}
+    assert all(c.source == "builtin-kb" and c.icd10 for c in cases)
+    assert load_cases("builtin", limit=5) == load_cases("builtin")[:5]
 
 
 def test_language_override_and_limit(shared):
