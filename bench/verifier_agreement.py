@@ -42,15 +42,22 @@ def negatives() -> list[tuple[str, Case]]:
     return [(other.answer, case) for case in cases for other in cases if other.answer != case.answer]
 
 
+# HuatuoGPT-o1's `answer` sometimes holds option codes ("bd", "abe", "None", "2 & 3") instead of the option text.
+_OPTION_CODE = re.compile(r"^(?:[a-e]{1,5}|none|all|\d(?:\s*&\s*\d)*)$", re.IGNORECASE)
+
+
 def report(name: str, pairs: list[tuple[str, Case]], verifier: RuleVerifier, truth: str) -> None:
     start = time.perf_counter()
-    verdicts = collections.Counter(verifier.verify(answer, case).verdict for answer, case in pairs)
+    verdicts = [verifier.verify(answer, case).verdict for answer, case in pairs]
     per_pair_us = (time.perf_counter() - start) / len(pairs) * 1e6
-    n = len(pairs)
-    wrong = verdicts["incorrect" if truth == "correct" else "correct"]
-    print(f"{name:32s} n={n:5d}  correct {verdicts['correct'] / n:6.1%}  incorrect {verdicts['incorrect'] / n:6.1%}"
-          f"  undecided {verdicts['undecided'] / n:6.1%}  | {'false neg' if truth == 'correct' else 'false pos'}"
-          f" {wrong / n:6.1%}  ({per_pair_us:.0f} us/pair)")
+    counts, n = collections.Counter(verdicts), len(pairs)
+    miss = "incorrect" if truth == "correct" else "correct"
+    wrong = [answer for (answer, _), v in zip(pairs, verdicts) if v == miss]
+    codes = sum(bool(_OPTION_CODE.match(a.strip())) for a in wrong)
+    print(f"{name:32s} n={n:5d}  correct {counts['correct'] / n:6.1%}  incorrect {counts['incorrect'] / n:6.1%}"
+          f"  undecided {counts['undecided'] / n:6.1%}  | {'false neg' if truth == 'correct' else 'false pos'}"
+          f" {len(wrong) / n:6.1%}" + (f" ({codes} of them option codes, not text)" if codes else "")
+          + f"  [{per_pair_us:.0f} us/pair]")
 
 
 def main() -> None:

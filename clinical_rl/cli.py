@@ -9,7 +9,16 @@ import argparse
 import signal
 import sys
 
-from clinical_rl.config import ConfigError, RunConfig, dump_config, load_config
+from pathlib import Path
+
+from clinical_rl.config import (
+    ConfigError,
+    EvalBenchmarkConfig,
+    EvalModelConfig,
+    RunConfig,
+    dump_config,
+    load_config,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,6 +31,13 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", help="YAML config file (defaults apply without one)")
         cmd.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algo.kl_coef=0.01")
+    ev = sub.add_parser("eval", help="evaluate models on benchmarks: accuracy per department and language, report")
+    ev.add_argument("--config", help="YAML config file; its eval section (and ray, tracking) is used")
+    ev.add_argument("--model", action="append", default=[], metavar="SPEC",
+                    help="PATH, LABEL=PATH, or LABEL=openai:MODEL@BASE_URL (repeatable; replaces eval.models)")
+    ev.add_argument("--benchmark", action="append", default=[], metavar="SPEC",
+                    help="builtin, PATH or NAME=PATH (repeatable; replaces eval.benchmarks)")
+    ev.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.max_new_tokens=256")
     sub.add_parser("prepare-model", help="convert the embedded SmolLM2 model into the cache (idempotent)")
     serve = sub.add_parser("serve-reward", help="serve reward.cls over HTTP (OpenRLHF remote reward protocol)")
     serve.add_argument("--config", help="YAML config file; only its reward section is used")
@@ -54,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return _plan(cfg)
     if args.command == "serve-reward":
         return _serve_reward(cfg, args)
+    if args.command == "eval":
+        return _eval(cfg, args)
     return _ppo(cfg)
 
 
@@ -63,6 +81,43 @@ def _plan(cfg: RunConfig) -> int:
     print(dump_config(cfg))
     print(format_plan(plan_placement(cfg)))
     return 0
+
+
+def _eval(cfg: RunConfig, args: argparse.Namespace) -> int:
+    from clinical_rl.eval.runner import run_eval
+
+    try:
+        update = {}
+        if args.model:
+            update["models"] = [parse_model_spec(spec) for spec in args.model]
+        if args.benchmark:
+            update["benchmarks"] = [parse_benchmark_spec(spec) for spec in args.benchmark]
+        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update=update)})
+        result = run_eval(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"clinical-rl: {err}", file=sys.stderr)
+        return 2
+    print(result.report)
+    return 0
+
+
+def parse_model_spec(spec: str) -> EvalModelConfig:
+    """`PATH`, `LABEL=PATH` or `LABEL=openai:MODEL@BASE_URL` (BASE_URL may be omitted for api.openai.com)."""
+    label, sep, target = spec.partition("=")
+    if not sep:
+        label, target = Path(spec).name or spec, spec
+    if target.startswith("openai:"):
+        model, _, base_url = target.removeprefix("openai:").partition("@")
+        return EvalModelConfig(label=label, model=model, base_url=base_url or None)
+    return EvalModelConfig(label=label, path=target)
+
+
+def parse_benchmark_spec(spec: str) -> EvalBenchmarkConfig:
+    """`builtin`, `PATH` (named by its file stem) or `NAME=PATH`."""
+    name, sep, path = spec.partition("=")
+    if not sep:
+        name, path = (spec if spec == "builtin" else Path(spec).stem), spec
+    return EvalBenchmarkConfig(name=name, path=path)
 
 
 def _serve_reward(cfg: RunConfig, args: argparse.Namespace) -> int:
@@ -94,6 +149,12 @@ def _ppo(cfg: RunConfig) -> int:
         return 2
     print(f"final policy (HF format): {result.policy_dir}")
     print(f"W&B run: {result.tracking}")
+    if cfg.eval.after_training:
+        from clinical_rl.eval.runner import run_eval
+
+        trained = [EvalModelConfig(label="base", path=cfg.model.path),
+                   EvalModelConfig(label="policy", path=str(result.policy_dir))]
+        print(f"evaluation report: {run_eval(cfg, [*trained, *cfg.eval.models]).report}")
     return 0
 
 

@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from clinical_rl.device import DeviceKind, DTypeName
 
 
+JUDGE_ACTOR_NAME = "clinical_rl_judge"  # the in-cluster judge engine; Ray scopes names to the job's namespace
+
+
 class _Node(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -70,6 +73,18 @@ class ReferenceConfig(_Node):
     micro_batch_size: int = Field(8, ge=1, description="samples per forward")
 
 
+class JudgeEngineConfig(_Node):
+    """A vLLM engine actor in the run's placement group that serves the LLM judge (`backend: ray_engine`)."""
+
+    model: str = Field("embedded", description="judge model: a local HF directory or 'embedded'")
+    name: str = Field(JUDGE_ACTOR_NAME, description="Ray actor name the reward's judge looks up")
+    dtype: DTypeName = Field("bfloat16", description="judge weights dtype")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs of the judge bundle")
+    max_model_len: int = Field(2048, ge=16, description="prompt + reply cap")
+    kv_cache_gib: float = Field(1.0, gt=0, description="CPU KV cache size")
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="GPU memory fraction")
+
+
 class RewardConfig(_Node):
     cls: str = Field("clinical_rl.rewards.clinical:ClinicalReward", description="reward class, module:Class")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="constructor arguments of the reward class")
@@ -78,6 +93,7 @@ class RewardConfig(_Node):
     timeout_s: float = Field(60.0, gt=0, description="per-call timeout of the verifier")
     max_retries: int = Field(2, ge=0, description="retries after a failed or timed-out call")
     max_failed_frac: float = Field(0.5, ge=0, le=1, description="abort the step above this failed fraction")
+    judge_engine: JudgeEngineConfig | None = Field(None, description="start an in-cluster judge engine actor")
 
 
 class AlgoConfig(_Node):
@@ -113,12 +129,15 @@ class AlgoConfig(_Node):
         return self
 
 
+DataFormat = Literal[
+    "auto", "builtin", "huatuo_o1", "huatuo_o1_mcq", "medqa", "cmb_clin", "medrbench",
+    "jsonl", "json", "csv", "parquet", "hf",
+]
+
+
 class DataConfig(_Node):
     path: str = Field("builtin", description="'builtin', a JSONL/JSON/CSV/Parquet file or a saved HF dataset dir")
-    format: Literal[
-        "auto", "builtin", "huatuo_o1", "huatuo_o1_mcq", "medqa", "cmb_clin", "medrbench",
-        "jsonl", "json", "csv", "parquet", "hf",
-    ] = Field("auto", description="loader (clinical_rl.data.loaders); auto: by shared file name, else by extension")
+    format: DataFormat = Field("auto", description="loader (data/loaders.py); auto: by shared file name or extension")
     fields: dict[str, str] = Field(default_factory=dict, description="schema field -> source column (generic formats)")
     language: Literal["zh", "en"] | None = Field(None, description="override every case's language")
     limit: int | None = Field(None, ge=1, description="keep the first N cases in file order")
@@ -134,6 +153,53 @@ class DataConfig(_Node):
         if self.fields and self.format not in (*GENERIC_FORMATS, "auto"):
             raise ValueError(f"data.fields applies only to the formats {', '.join(GENERIC_FORMATS)}")
         return self
+
+
+class EvalModelConfig(_Node):
+    """A model to evaluate: a local checkpoint (served by rollout-engine actors) or an OpenAI-compatible endpoint."""
+
+    label: str = Field(description="name in tables and charts")
+    path: str | None = Field(None, description="local HF directory or 'embedded' (vLLM engine actors)")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    model: str | None = Field(None, description="model name at the endpoint")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoint's key")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalModelConfig:
+        if (self.path is None) == (self.model is None):
+            raise ValueError(f"eval model {self.label!r}: give either path (local) or model (+ base_url, endpoint)")
+        return self
+
+
+class EvalBenchmarkConfig(_Node):
+    name: str = Field(description="name in tables and charts")
+    path: str = Field("builtin", description="'builtin' or a case file (any data.format)")
+    format: DataFormat = Field("auto", description="loader, as data.format")
+    fields: dict[str, str] = Field(default_factory=dict, description="schema field -> source column")
+    limit: int | None = Field(None, ge=1, description="first N cases (after the split, if any)")
+    per_department: int | None = Field(None, ge=1, description="MedBench-Hard-style ICD-stratified split size")
+
+
+class EvalConfig(_Node):
+    models: list[EvalModelConfig] = Field(default_factory=list, description="models to compare; empty: the run's")
+    benchmarks: list[EvalBenchmarkConfig] = Field(
+        default_factory=lambda: [EvalBenchmarkConfig(name="builtin")], description="case sets to evaluate on")
+    max_new_tokens: int = Field(1024, ge=1, description="response cap")
+    temperature: float = Field(0.0, ge=0, description="0: greedy")
+    cot_prompt: bool = Field(False, description="base models: ask for step-by-step reasoning in the user turn")
+    system_prompt: str | None = Field(None, description="override the think-then-answer instruction")
+    answer_format: Literal["think", "huatuo", "auto"] = Field("auto", description="how final answers are parsed")
+    judge: dict[str, Any] | None = Field(None, description="LLM judge for undecided answers (reward judge keys)")
+    num_engines: int = Field(1, ge=1, description="vLLM engine actors per local model (data parallel)")
+    engine_num_cpus: float = Field(1.0, gt=0, description="CPUs per engine actor")
+    dtype: DTypeName = Field("bfloat16", description="dtype of local models")
+    max_model_len: int = Field(4096, ge=16, description="prompt + response cap of the engines")
+    kv_cache_gib: float = Field(2.0, gt=0, description="CPU KV cache per engine")
+    max_in_flight: int = Field(8, ge=1, description="concurrent requests to an endpoint")
+    timeout_s: float = Field(600.0, gt=0, description="per-request timeout (endpoint) / per-batch (engines)")
+    bootstrap_resamples: int = Field(2000, ge=100, description="bootstrap resamples of the 95% CIs")
+    out_dir: str | None = Field(None, description="report directory; default: <output_dir>/eval")
+    after_training: bool = Field(False, description="`ppo`: evaluate the base model and the trained policy at the end")
 
 
 class PlacementConfig(_Node):
@@ -167,6 +233,7 @@ class RunConfig(_Node):
     reward: RewardConfig = RewardConfig()
     algo: AlgoConfig = AlgoConfig()
     data: DataConfig = DataConfig()
+    eval: EvalConfig = EvalConfig()
     placement: PlacementConfig = PlacementConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()

@@ -171,6 +171,8 @@ def preflight(cfg: RunConfig) -> tuple[Path, Path, list[Case]]:
     model_path = check_model_dir(cfg.model.path, "model.path")
     critic_path = check_model_dir(cfg.critic.init_from, "critic.init_from") if cfg.critic.init_from else model_path
     load_reward_class(cfg.reward.cls)
+    if cfg.reward.judge_engine is not None:
+        check_model_dir(cfg.reward.judge_engine.model, "reward.judge_engine.model")
     return model_path, critic_path, load_cases(
         cfg.data.path, cfg.data.format, cfg.data.fields, cfg.data.language, cfg.data.limit, cfg.seed
     )

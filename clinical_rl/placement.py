@@ -17,7 +17,7 @@ from clinical_rl.device import Device
 class Slot:
     """One actor instance: its role, its index within the role, its bundle and its share of that bundle."""
 
-    role: str  # rollout | policy | critic | reference | reward
+    role: str  # rollout | policy | critic | reference | reward | judge
     index: int
     bundle: int
     num_cpus: float
@@ -59,6 +59,8 @@ def plan_placement(cfg: RunConfig) -> PlacementPlan:
         add("reference", 0, cfg.reference.num_cpus)
     for i in range(cfg.reward.num_actors):
         add("reward", i, cfg.reward.num_cpus, gpu=False)
+    if cfg.reward.judge_engine is not None:
+        add("judge", 0, cfg.reward.judge_engine.num_cpus)
     return PlacementPlan(bundles=bundles, slots=slots, strategy=cfg.placement.strategy)
 
 

@@ -15,7 +15,8 @@ from clinical_rl.actors.policy import PolicyTrainer
 from clinical_rl.actors.reference import ReferenceModel
 from clinical_rl.actors.reward import RewardActor
 from clinical_rl.actors.rollout import RolloutEngine
-from clinical_rl.config import RunConfig
+from clinical_rl.config import RolloutConfig, RunConfig
+from clinical_rl.models import check_model_dir
 from clinical_rl.device import Device
 from clinical_rl.placement import PlacementPlan, Slot, actor_options, node_address_and_free_port
 
@@ -32,6 +33,7 @@ class Roles:
     critic: list[Any]  # empty without a critic (GRPO)
     reference: Any
     rewards: list[Any]
+    judge: Any | None = None  # in-cluster judge engine (reward.judge_engine)
     update_info: dict[str, list] | None = None  # what a weight push carries, fixed after the first
 
     def sync_weights(self) -> None:
@@ -82,11 +84,30 @@ def start_roles(cfg: RunConfig, plan: PlacementPlan, pg: Any, model_path: Path, 
                 seed=cfg.seed)
     )
     rewards = [ray.remote(RewardActor).options(**actor_options(s, pg)).remote(cfg.reward) for s in plan.of("reward")]
-    ray.get([a.ready.remote() for a in [*engines, *policy, *critic, reference, *rewards]])
+    judge = _start_judge(cfg, plan, pg, device)
+    ray.get([a.ready.remote() for a in [*engines, *policy, *critic, reference, *rewards, *([judge] if judge else [])]])
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
-    roles = Roles(tokenizer, engines, policy, critic, reference, rewards)
+    roles = Roles(tokenizer, engines, policy, critic, reference, rewards, judge)
     _connect_weight_sync(roles, plan.of("policy")[0], pg, cfg.rollout.weight_sync_bucket_mb)
     return roles
+
+
+def _start_judge(cfg: RunConfig, plan: PlacementPlan, pg: Any, device: Device) -> Any | None:
+    """The judge engine, named so that the reward actors' `ray_engine` judge backend finds it."""
+    import ray
+
+    judge = cfg.reward.judge_engine
+    if judge is None:
+        return None
+    (slot,) = plan.of("judge")
+    engine_cfg = RolloutConfig(num_cpus=judge.num_cpus, max_model_len=judge.max_model_len,
+                               kv_cache_gib=judge.kv_cache_gib, gpu_memory_utilization=judge.gpu_memory_utilization)
+    model = check_model_dir(judge.model, "reward.judge_engine.model")
+    return (
+        ray.remote(RolloutEngine)
+        .options(name=judge.name, **actor_options(slot, pg))
+        .remote(str(model), engine_cfg, device, judge.dtype, cfg.seed, cfg.model.trust_remote_code)
+    )
 
 
 def _trainer_group(cls: type, slots: list[Slot], pg: Any, *args: Any, **kwargs: Any) -> list[Any]:
@@ -134,9 +155,10 @@ def stop_roles(roles: Roles) -> None:
     import ray
     from ray.exceptions import GetTimeoutError, RayError
 
+    engines = [*roles.engines, *([roles.judge] if roles.judge else [])]
     try:
-        ray.get([engine.shutdown.remote() for engine in roles.engines], timeout=60)
+        ray.get([engine.shutdown.remote() for engine in engines], timeout=60)
     except (GetTimeoutError, RayError) as err:  # still kill the actors below; say what may be left behind
         log.warning("vLLM engine shutdown failed (%s); its processes may outlive the run", err)
-    for actor in [*roles.engines, *roles.policy, *roles.critic, roles.reference, *roles.rewards]:
+    for actor in [*engines, *roles.policy, *roles.critic, roles.reference, *roles.rewards]:
         ray.kill(actor)

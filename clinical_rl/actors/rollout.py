@@ -15,6 +15,7 @@ from vllm.inputs import TokensPrompt
 from clinical_rl.batch import Sample
 from clinical_rl.config import RolloutConfig
 from clinical_rl.device import Device
+from clinical_rl.llm_client import ChatReply
 from clinical_rl.weight_sync import engine_init_info, weight_transfer_backend
 
 _EXTENSION = "clinical_rl.actors.vllm_worker.WeightSyncExtension"
@@ -106,19 +107,17 @@ class RolloutEngine:
             logprobs=0,  # only the sampled token's
         )
 
-    def chat(
-        self, conversations: list[list[dict[str, str]]], max_tokens: int, top_logprobs: int = 0
-    ) -> list[tuple[str, dict[str, float] | None]]:
-        """Greedy chat completions (judge, evaluation): text and the first token's top candidates' logprobs."""
-        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=top_logprobs or None)
-        outputs = self.llm.chat(conversations, params, use_tqdm=False)
+    def chat(self, conversations: list[list[dict[str, str]]], max_tokens: int, temperature: float = 0.0,
+             top_logprobs: int = 0) -> list[ChatReply]:
+        """Chat completions (judge, evaluation, synthesis) with the model's chat template."""
+        params = SamplingParams(temperature=temperature, max_tokens=max_tokens, logprobs=top_logprobs or None)
         replies = []
-        for out in outputs:
+        for out in self.llm.chat(conversations, params, use_tqdm=False):
             comp = out.outputs[0]
             top = None
             if top_logprobs and comp.logprobs:
                 top = {lp.decoded_token: lp.logprob for lp in comp.logprobs[0].values() if lp.decoded_token}
-            replies.append((comp.text, top))
+            replies.append(ChatReply(comp.text, top, comp.finish_reason))
         return replies
 
     def token_logprobs(self, input_ids: list[list[int]]) -> list[list[float]]:

@@ -24,10 +24,15 @@ def case_text(case: Case) -> str:
     return f"{case.question}\n\n{_OPTIONS_HEADER[case.language]}\n{options}"
 
 
-def render_prompt(tokenizer: Any, case: Case, system_prompt: str | None = None) -> str:
-    """Chat-formatted prompt text ending where the assistant starts to answer."""
-    messages = [
+def case_messages(case: Case, system_prompt: str | None = None) -> list[dict[str, str]]:
+    """The conversation a policy sees for a case: the think-then-answer instruction and the case."""
+    return [
         {"role": "system", "content": system_prompt or THINK_THEN_ANSWER[case.language]},
         {"role": "user", "content": case_text(case)},
     ]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def render_prompt(tokenizer: Any, case: Case, system_prompt: str | None = None) -> str:
+    """Chat-formatted prompt text ending where the assistant starts to answer."""
+    return tokenizer.apply_chat_template(case_messages(case, system_prompt), tokenize=False,
+                                         add_generation_prompt=True)

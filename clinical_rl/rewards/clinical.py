@@ -11,11 +11,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from clinical_rl.config import JUDGE_ACTOR_NAME
 from clinical_rl.data.cases import Case
 from clinical_rl.rewards.answer_format import AnswerFormat, parse_response
 from clinical_rl.rewards.base import RewardInput, RewardResult
 from clinical_rl.rewards.cascade import CascadeVerifier, Decision
-from clinical_rl.rewards.judge import JudgeBackend, LLMJudge, OpenAIJudgeBackend, RayEngineJudgeBackend
+from clinical_rl.llm_client import ChatBackend, EngineChat, OpenAIChat
+from clinical_rl.rewards.judge import LLMJudge
 from clinical_rl.rewards.rule_verifier import RuleVerifier
 from clinical_rl.rewards.shaping import LengthPenalty, OutcomeValues
 
@@ -26,7 +28,7 @@ class JudgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     backend: Literal["openai", "ray_engine"] = Field("openai", description="HTTP endpoint or a named Ray actor")
     model: str = Field("", description="openai: the model name the endpoint serves")
-    actor_name: str = Field("", description="ray_engine: name of the RolloutEngine actor serving as judge")
+    actor_name: str = Field(JUDGE_ACTOR_NAME, description="ray_engine: name of the judge engine actor")
     base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1; None: api.openai.com")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key")
     timeout_s: float = Field(30.0, gt=0, description="per-request timeout")
@@ -55,9 +57,7 @@ class ClinicalReward:
 
     def __init__(self, **kwargs: object) -> None:
         self.cfg = ClinicalRewardConfig.model_validate(kwargs)
-        judge = None
-        if self.cfg.judge is not None:
-            judge = LLMJudge(_judge_backend(self.cfg.judge), self.cfg.judge.threshold)
+        judge = build_judge(self.cfg.judge) if self.cfg.judge is not None else None
         rule = RuleVerifier(fuzzy_threshold=self.cfg.fuzzy_threshold, min_overlap=self.cfg.min_overlap)
         self.verifier = CascadeVerifier(rule, judge, self.cfg.cache_size)
 
@@ -104,15 +104,16 @@ class ClinicalReward:
         return self.cfg.length_penalty(item.response_tokens)
 
 
-def _judge_backend(j: JudgeConfig) -> JudgeBackend:
+def build_judge(j: JudgeConfig) -> LLMJudge:
+    """The LLM judge a `JudgeConfig` describes (also used by evaluation)."""
+    backend: ChatBackend
     if j.backend == "ray_engine":
-        if not j.actor_name:
-            raise ValueError("reward.kwargs.judge.actor_name is required for backend ray_engine")
-        return RayEngineJudgeBackend(j.actor_name, timeout_s=j.timeout_s)
-    if not j.model:
-        raise ValueError("reward.kwargs.judge.model is required for backend openai")
-    return OpenAIJudgeBackend(j.model, j.base_url, j.api_key_env, j.timeout_s, j.max_retries, j.max_in_flight,
-                              use_logprobs=j.use_logprobs)
+        backend = EngineChat(name=j.actor_name, timeout_s=j.timeout_s)
+    elif not j.model:
+        raise ValueError("judge.model is required for backend openai")
+    else:
+        backend = OpenAIChat(j.model, j.base_url, j.api_key_env, j.timeout_s, j.max_retries, j.max_in_flight)
+    return LLMJudge(backend, j.threshold, j.use_logprobs)
 
 
 def _case_of(item: RewardInput) -> Case:

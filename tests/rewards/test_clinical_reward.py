@@ -8,7 +8,8 @@ from clinical_rl.data.cases import Case
 from clinical_rl.rewards.base import RewardInput
 from clinical_rl.rewards.cascade import CascadeVerifier
 from clinical_rl.rewards.clinical import ClinicalReward
-from clinical_rl.rewards.judge import JudgeReply, LLMJudge, p_true_from_logprobs, parse_verdict
+from clinical_rl.llm_client import ChatReply
+from clinical_rl.rewards.judge import LLMJudge, p_true_from_logprobs, parse_verdict
 from clinical_rl.rewards.rule_verifier import RuleVerifier
 from clinical_rl.rewards.shaping import LengthPenalty
 
@@ -100,13 +101,13 @@ class ScriptedBackend:
     def __init__(self, replies):
         self.replies, self.requests = list(replies), 0
 
-    def complete(self, prompts):
-        self.requests += len(prompts)
-        return [self.replies.pop(0) for _ in prompts]
+    def chat(self, conversations, max_tokens, temperature=0.0, top_logprobs=0):
+        self.requests += len(conversations)
+        return [self.replies.pop(0) for _ in conversations]
 
 
 def test_cascade_asks_the_judge_only_for_undecided_answers_and_caches_verdicts():
-    backend = ScriptedBackend([JudgeReply("True", {"True": math.log(0.8), "False": math.log(0.2)})])
+    backend = ScriptedBackend([ChatReply("True", {"True": math.log(0.8), "False": math.log(0.2)})])
     cascade = CascadeVerifier(RuleVerifier(), LLMJudge(backend, threshold=0.5))
     items = [("frontal epidural empyema", EMPYEMA), ("epidural empyema, frontal", EMPYEMA), ("migraine", EMPYEMA)]
     first = cascade.verify(items)
@@ -118,7 +119,7 @@ def test_cascade_asks_the_judge_only_for_undecided_answers_and_caches_verdicts()
 
 
 def test_judge_failures_become_errors_never_scores():
-    backend = ScriptedBackend([ConnectionError("refused"), JudgeReply("maybe", None)])
+    backend = ScriptedBackend([ConnectionError("refused"), ChatReply("maybe", None)])
     reward = ClinicalReward()
     reward.verifier = CascadeVerifier(RuleVerifier(), LLMJudge(backend))
     results = reward.score([item("<think>x</think> epidural empyema, frontal", EMPYEMA),

@@ -1,0 +1,1 @@
+"""Evaluation: benchmark runner, scorers, report."""

@@ -1,0 +1,209 @@
+"""Bar charts of the evaluation's `GroupRow`s as PNGs: per department, per language, overall per model.
+
+Charts use `matplotlib.figure.Figure` with the Agg canvas, so nothing global (pyplot state, backend) changes.
+Their text is English only: the default fonts lack CJK glyphs, so characters the font cannot draw are replaced.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from clinical_rl.eval.records import GroupRow
+from clinical_rl.eval.report_base import (
+    atomic_file,
+    benchmark_order,
+    department_label,
+    department_order,
+    has_accuracy,
+    index_rows,
+    language_label,
+    language_order,
+    model_order,
+)
+
+__all__ = ["plot_departments", "plot_languages", "plot_models_overall", "render_charts"]
+
+DPI = 120
+
+
+@lru_cache(maxsize=1)
+def _font_has() -> Callable[[str], bool]:
+    from matplotlib import font_manager
+
+    font = font_manager.get_font(font_manager.findfont(font_manager.FontProperties()))
+    return lambda ch: ch.isspace() or font.get_char_index(ord(ch)) != 0
+
+
+def _plain(text: str) -> str:
+    """`text` with characters the default font cannot draw replaced by `?` (no missing-glyph warnings)."""
+    has = _font_has()
+    return "".join(ch if has(ch) else "?" for ch in text)
+
+
+def _model_colors(models: Sequence[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"].colors if len(models) <= 10 else colormaps["tab20"].colors
+    return {m: palette[i % len(palette)] for i, m in enumerate(models)}
+
+
+def _grouped_bars(
+    path: Path,
+    *,
+    groups: Sequence[str],
+    series: Sequence[str],
+    lookup: Callable[[str, str], GroupRow | None],
+    colors: Mapping[str, Any],
+    title: str,
+    xlabel: str,
+    value_labels: bool,
+    rotate: bool = False,
+) -> Path:
+    """Grouped bars (x: `groups`, one bar per `series`) with CI error bars, saved atomically as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not groups or not series:
+        raise ValueError(f"nothing to plot for {title!r}: no groups or no series")
+    width_in = min(18.0, max(6.0, 1.0 + len(groups) * (0.45 + 0.28 * len(series))))
+    fig = Figure(figsize=(width_in, 4.6), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    bar_width = 0.8 / len(series)
+    for i, name in enumerate(series):
+        xs, heights, lows, highs = [], [], [], []
+        for j, group in enumerate(groups):
+            row = lookup(group, name)
+            if not has_accuracy(row):
+                continue
+            assert row is not None
+            est = row.accuracy
+            xs.append(j - 0.4 + bar_width * (i + 0.5))
+            heights.append(100 * est.value)
+            lows.append(max(0.0, 100 * (est.value - est.low)) if math.isfinite(est.low) else 0.0)
+            highs.append(max(0.0, 100 * (est.high - est.value)) if math.isfinite(est.high) else 0.0)
+        ax.bar(
+            xs,
+            heights,
+            bar_width * 0.92,
+            yerr=[lows, highs] if xs else None,
+            capsize=max(1.5, 4.0 - 0.5 * len(series)),
+            color=colors[name],
+            edgecolor="white",
+            linewidth=0.5,
+            error_kw={"elinewidth": 1.0, "ecolor": "#333333"},
+            label=_plain(name),
+        )
+        if value_labels:
+            for x, h, hi in zip(xs, heights, highs, strict=True):  # above the CI whisker, not inside it
+                ax.annotate(f"{h:.1f}", (x, h + hi), xytext=(0, 2), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(groups)), [_plain(g) for g in groups])
+    if rotate:
+        for label in ax.get_xticklabels():
+            label.set_rotation(30)
+            label.set_horizontalalignment("right")
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_xlabel(xlabel)
+    ax.set_title(_plain(title))
+    ax.yaxis.grid(True, color="#dddddd", linewidth=0.6)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.legend(title="model" if xlabel != "model" else "language", fontsize=8, title_fontsize=8,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    try:
+        with atomic_file(Path(path), "wb") as f:
+            fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight")
+    finally:
+        fig.clear()
+    return Path(path)
+
+
+def plot_departments(rows: Sequence[GroupRow], path: Path, benchmark: str, *, value_labels: bool = False) -> Path:
+    """Accuracy per department (x, `DEPARTMENTS` order), one bar per model with its CI; PNG at `path`."""
+    index = index_rows(rows)
+    by_label = {department_label(d): d for d in department_order(rows, benchmark)}
+    return _grouped_bars(
+        path,
+        groups=list(by_label),
+        series=model_order(rows, benchmark),
+        lookup=lambda g, m: index.get((benchmark, m, "department", by_label[g])),
+        colors=_model_colors(model_order(rows)),
+        title=f"{benchmark}: accuracy by department",
+        xlabel="department",
+        value_labels=value_labels,
+        rotate=True,
+    )
+
+
+def plot_languages(rows: Sequence[GroupRow], path: Path, benchmark: str, *, value_labels: bool = True) -> Path:
+    """Chinese vs English accuracy, grouped per model (x), with CIs; PNG at `path`."""
+    index = index_rows(rows)
+    languages = language_order(rows, benchmark)
+    names = {language_label(g): g for g in languages}
+    palette = {"Chinese": "#d62728", "English": "#1f77b4"}
+    extra = _model_colors([n for n in names if n not in palette])
+    return _grouped_bars(
+        path,
+        groups=model_order(rows, benchmark),
+        series=list(names),
+        lookup=lambda m, n: index.get((benchmark, m, "language", names[n])),
+        colors={**extra, **palette},
+        title=f"{benchmark}: accuracy by language",
+        xlabel="model",
+        value_labels=value_labels,
+        rotate=len(model_order(rows, benchmark)) > 4,
+    )
+
+
+def plot_models_overall(rows: Sequence[GroupRow], path: Path, *, value_labels: bool = True) -> Path:
+    """Overall accuracy: benchmarks on x, one bar per model side by side, with CIs; PNG at `path`."""
+    index = index_rows(rows)
+    models = model_order(rows)
+    return _grouped_bars(
+        path,
+        groups=benchmark_order(rows),
+        series=models,
+        lookup=lambda b, m: index.get((b, m, "overall", "all")),
+        colors=_model_colors(models),
+        title="Overall accuracy",
+        xlabel="benchmark",
+        value_labels=value_labels,
+    )
+
+
+def file_slug(text: str) -> str:
+    """`text` as a file-name stem: runs of other characters than `A-Za-z0-9._-` become `_`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "benchmark"
+
+
+def render_charts(rows: Sequence[GroupRow], chart_dir: Path) -> dict[str, Path]:
+    """All charts for `rows` under `chart_dir`: label -> PNG path (overall, then per benchmark)."""
+    charts: dict[str, Path] = {}
+    if not rows:
+        return charts
+    charts["Overall accuracy per model and benchmark"] = plot_models_overall(rows, chart_dir / "overall.png")
+    used: set[str] = set()
+    for benchmark in benchmark_order(rows):
+        slug, k = file_slug(benchmark), 2
+        while slug in used:
+            slug, k = f"{file_slug(benchmark)}-{k}", k + 1
+        used.add(slug)
+        if department_order(rows, benchmark):
+            charts[f"{benchmark}: accuracy by department"] = plot_departments(
+                rows, chart_dir / f"departments_{slug}.png", benchmark
+            )
+        if language_order(rows, benchmark):
+            charts[f"{benchmark}: accuracy by language"] = plot_languages(
+                rows, chart_dir / f"languages_{slug}.png", benchmark
+            )
+    return charts

@@ -1,0 +1,113 @@
+"""The evaluation on a W&B run: summary and prediction tables, bar plots per benchmark and the chart images."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from clinical_rl.eval.charts import file_slug, render_charts
+from clinical_rl.eval.records import GroupRow, Prediction
+from clinical_rl.eval.report_base import (
+    benchmark_order,
+    department_label,
+    department_order,
+    has_accuracy,
+    index_rows,
+    model_order,
+)
+
+__all__ = ["log_to_wandb"]
+
+ROW_COLUMNS = [
+    "benchmark", "model", "kind", "group", "accuracy", "ci_low", "ci_high", "n", "distinct_diagnoses", "distinct_icd10"
+]
+PREDICTION_COLUMNS = [
+    "benchmark", "model", "case_id", "department", "language", "reference", "extracted", "verdict", "path"
+]
+
+
+def _wandb_key(text: str) -> str:
+    """A key segment: `/` would open a nested section, so it becomes `_`; everything else is kept."""
+    return text.replace("/", "_").strip() or "_"
+
+
+def _nullable(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def log_to_wandb(
+    rows: Sequence[GroupRow],
+    predictions: Iterable[Prediction],
+    run: Any,
+    *,
+    charts: Mapping[str, Path] | None = None,
+) -> None:
+    """Log the evaluation to an active W&B run, under `eval/...`.
+
+    `eval/summary` (a table of the rows, accuracy in percent), `eval/predictions` (one row per prediction),
+    per benchmark `eval/<benchmark>/accuracy_by_model` and `eval/<benchmark>/accuracy_by_department` bar plots,
+    and the chart PNGs as `eval/charts/<name>` images (rendered to a temp dir unless `charts` is given).
+    Overall accuracies also go to the run summary as `eval/<benchmark>/<model>/accuracy`.
+    """
+    import wandb
+
+    index = index_rows(rows)
+    payload: dict[str, Any] = {}
+    payload["eval/summary"] = wandb.Table(
+        columns=ROW_COLUMNS,
+        data=[
+            [
+                r.benchmark, r.model, r.kind, r.group,
+                _nullable(100 * r.accuracy.value), _nullable(100 * r.accuracy.low), _nullable(100 * r.accuracy.high),
+                r.accuracy.n, r.distinct_diagnoses, r.distinct_icd10,
+            ]
+            for r in rows
+        ],
+    )
+    payload["eval/predictions"] = wandb.Table(
+        columns=PREDICTION_COLUMNS,
+        data=[
+            [p.benchmark, p.model, p.case_id, p.department, p.language, p.reference, p.extracted, p.verdict, p.path]
+            for p in predictions
+        ],
+    )
+    for benchmark in benchmark_order(rows):
+        key = f"eval/{_wandb_key(benchmark)}"
+        models = model_order(rows, benchmark)
+        overall = [
+            [m, 100 * r.accuracy.value] for m in models if has_accuracy(r := index.get((benchmark, m, "overall", "all")))
+        ]
+        if overall:
+            payload[f"{key}/accuracy_by_model"] = wandb.plot.bar(
+                wandb.Table(columns=["model", "accuracy"], data=overall),
+                "model",
+                "accuracy",
+                title=f"{benchmark}: overall accuracy (%)",
+            )
+        by_department = [
+            [f"{department_label(d)} · {m}", department_label(d), m, 100 * r.accuracy.value]
+            for d in department_order(rows, benchmark)
+            for m in models
+            if has_accuracy(r := index.get((benchmark, m, "department", d)))
+        ]
+        if by_department:
+            payload[f"{key}/accuracy_by_department"] = wandb.plot.bar(
+                wandb.Table(columns=["department_model", "department", "model", "accuracy"], data=by_department),
+                "department_model",
+                "accuracy",
+                title=f"{benchmark}: accuracy by department (%)",
+            )
+        for m in models:
+            r = index.get((benchmark, m, "overall", "all"))
+            if has_accuracy(r):
+                assert r is not None
+                run.summary[f"{key}/{_wandb_key(m)}/accuracy"] = r.accuracy.value
+
+    with tempfile.TemporaryDirectory(prefix="clinical_rl_charts_") as tmp:
+        images = dict(charts) if charts is not None else render_charts(rows, Path(tmp))
+        for label, chart in images.items():
+            payload[f"eval/charts/{file_slug(Path(chart).stem)}"] = wandb.Image(str(chart), caption=label)
+        run.log(payload)

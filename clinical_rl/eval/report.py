@@ -1,0 +1,298 @@
+"""The evaluation report: predictions.jsonl, summary.json, Markdown tables, and the report directory with its charts.
+
+Input is what evaluation produces (`Prediction`s per case and model, `GroupRow`s summarising them); rows are
+ordered as `report_base` says. The charts are drawn by `charts`, the W&B logging lives in `dashboards`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import MISSING, asdict, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from clinical_rl.data.departments import DEPARTMENT_ZH
+from clinical_rl.eval.charts import render_charts
+from clinical_rl.eval.records import GroupRow, Prediction
+from clinical_rl.eval.report_base import (
+    atomic_file,
+    benchmark_order,
+    department_label,
+    department_order,
+    index_rows,
+    language_label,
+    language_order,
+    model_order,
+)
+
+__all__ = ["write_predictions", "read_predictions", "markdown_report", "write_report"]
+
+_MISSING = "—"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# predictions.jsonl
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def write_predictions(predictions: Iterable[Prediction], path: Path) -> Path:
+    """Write one JSON object per line (UTF-8, non-ASCII kept as is), atomically; returns `path`."""
+    with atomic_file(Path(path)) as f:
+        for prediction in predictions:
+            f.write(json.dumps(prediction.to_json(), ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+@lru_cache(maxsize=1)
+def _prediction_schema() -> dict[str, tuple[Any, bool]]:
+    """Field name -> (resolved type hint, required) for `Prediction`."""
+    hints = typing.get_type_hints(Prediction)
+    return {
+        f.name: (hints[f.name], f.default is MISSING and f.default_factory is MISSING) for f in fields(Prediction)
+    }
+
+
+def _type_error(value: Any, hint: Any) -> str | None:
+    """Why `value` does not fit `hint` (None when it does). Handles str/None/Literal/unions, enough for records."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        allowed = typing.get_args(hint)
+        return None if value in allowed else f"expected one of {list(allowed)}, got {value!r}"
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if any(_type_error(value, option) is None for option in options):
+            return None
+        names = " | ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+        return f"expected {names}, got {type(value).__name__} {value!r}"
+    if hint is type(None):
+        return None if value is None else f"expected null, got {value!r}"
+    if isinstance(hint, type):
+        if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+            return None
+        return f"expected {hint.__name__}, got {type(value).__name__} {value!r}"
+    return None
+
+
+def _parse_prediction(obj: Any) -> Prediction:
+    """A `Prediction` from a decoded JSON line; ValueError("field 'x': ...") when it does not fit."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    schema = _prediction_schema()
+    for name in obj:
+        if name not in schema:
+            raise ValueError(f"field {name!r}: unknown field")
+    for name, (hint, required) in schema.items():
+        if name not in obj:
+            if required:
+                raise ValueError(f"field {name!r}: missing")
+            continue
+        problem = _type_error(obj[name], hint)
+        if problem:
+            raise ValueError(f"field {name!r}: {problem}")
+    return Prediction(**obj)
+
+
+def read_predictions(path: Path) -> list[Prediction]:
+    """Read a predictions.jsonl; blank lines are skipped, a bad line raises ValueError naming `file:line`."""
+    path = Path(path)
+    out: list[Prediction] = []
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}: not UTF-8 ({e})") from e
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
+            try:
+                out.append(_parse_prediction(obj))
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from e
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}" if math.isfinite(x) else "nan"
+
+
+def format_accuracy(row: GroupRow | None, *, with_n: bool = False) -> str:
+    """`62.5 [55.1, 69.8]` (percent with its 95% CI), optionally followed by ` (n=40)`; `—` when absent."""
+    if row is None:
+        return _MISSING
+    est = row.accuracy
+    text = f"{_pct(est.value)} [{_pct(est.low)}, {_pct(est.high)}]"
+    return f"{text} (n={est.n})" if with_n else text
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], body: Sequence[Sequence[Any]], align: Sequence[str]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |"]
+    lines.append("|" + "|".join("---:" if a == "r" else ":---" for a in align) + "|")
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in body]
+    return lines
+
+
+def _spread(values: Sequence[int]) -> str:
+    """One number when all models agree (they scored the same cases), else `min–max`."""
+    if not values:
+        return _MISSING
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
+def _group_table(
+    index: Mapping[tuple[str, str, str, str], GroupRow],
+    benchmark: str,
+    models: Sequence[str],
+    kind: str,
+    groups: Sequence[str],
+    first_header: str,
+    label: Callable[[str], str],
+) -> list[str]:
+    header = [first_header, "n cases", "distinct diagnoses", "distinct ICD-10", *models]
+    body = []
+    for group in groups:
+        found = [r for m in models if (r := index.get((benchmark, m, kind, group))) is not None]
+        body.append(
+            [
+                label(group),
+                _spread([r.accuracy.n for r in found]),
+                _spread([r.distinct_diagnoses for r in found]),
+                _spread([r.distinct_icd10 for r in found]),
+                *(format_accuracy(index.get((benchmark, m, kind, group))) for m in models),
+            ]
+        )
+    return _table(header, body, ["l", "r", "r", "r", *("r" for _ in models)])
+
+
+def markdown_report(
+    rows: Sequence[GroupRow],
+    *,
+    title: str,
+    charts: Mapping[str, Path] | None = None,
+    relative_to: Path | None = None,
+) -> str:
+    """The report as Markdown: per benchmark an overview (model × overall / departments / languages), a
+    department table and a language table; then the charts, as `![label](path)`.
+
+    Chart paths are emitted as given (POSIX separators); with `relative_to` (the report's directory) they are
+    made relative to it.
+    """
+    index = index_rows(rows)
+    lines = [f"# {title}", ""]
+    lines.append(
+        "Accuracy in percent with its bootstrap 95% confidence interval in brackets; n is the number of cases "
+        "scored. Departments follow ClinicalGPT-R1's grouping of ICD-10 codes."
+    )
+    if not rows:
+        lines += ["", "_No results._"]
+    for benchmark in benchmark_order(rows):
+        models = model_order(rows, benchmark)
+        departments = department_order(rows, benchmark)
+        languages = language_order(rows, benchmark)
+        lines += ["", f"## Benchmark `{benchmark}`", "", "### Overview", ""]
+        header = ["model", "overall", *map(department_label, departments), *map(language_label, languages)]
+        body = []
+        for model in models:
+            cells = [format_accuracy(index.get((benchmark, model, "overall", "all")), with_n=True)]
+            cells += [format_accuracy(index.get((benchmark, model, "department", d)), with_n=True) for d in departments]
+            cells += [format_accuracy(index.get((benchmark, model, "language", g)), with_n=True) for g in languages]
+            body.append([model, *cells])
+        lines += _table(header, body, ["l", *("r" for _ in header[1:])])
+        if departments:
+            lines += ["", "### By department", ""]
+            lines += _group_table(
+                index, benchmark, models, "department", departments, "department", _department_label_md
+            )
+        if languages:
+            lines += ["", "### By language", ""]
+            lines += _group_table(
+                index, benchmark, models, "language", languages, "language", lambda g: f"{language_label(g)} ({g})"
+            )
+    if charts:
+        lines += ["", "## Charts"]
+        for label, chart in charts.items():
+            target = Path(chart)
+            if relative_to is not None and target.is_absolute():
+                target = Path(os.path.relpath(target, relative_to))
+            lines += ["", f"### {label}", "", f"![{label}]({target.as_posix()})"]
+    return "\n".join(lines) + "\n"
+
+
+def _department_label_md(department: str) -> str:
+    zh = DEPARTMENT_ZH.get(department)  # type: ignore[call-overload]
+    return f"{department_label(department)} ({zh})" if zh else department_label(department)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The report directory
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-safe: non-finite floats become null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _write_text(path: Path, text: str) -> Path:
+    """`text` written to `path` atomically; returns `path`."""
+    with atomic_file(path) as f:
+        f.write(text)
+    return Path(path)
+
+
+def write_report(
+    rows: Sequence[GroupRow],
+    predictions: Iterable[Prediction],
+    out_dir: Path,
+    *,
+    title: str = "clinical_rl evaluation",
+) -> Path:
+    """Write `predictions.jsonl`, `summary.json`, `charts/*.png` and `report.md` (last) under `out_dir`.
+
+    Every file is replaced atomically, so a re-run into the same directory never leaves a half-written file;
+    charts of an earlier run that this one does not produce are removed. Returns the path of `report.md`.
+    """
+    out_dir = Path(out_dir)
+    chart_dir = out_dir / "charts"
+    index_rows(rows)  # fail on duplicates before writing anything
+    write_predictions(predictions, out_dir / "predictions.jsonl")
+    summary = [_finite(asdict(row)) for row in rows]
+    _write_text(out_dir / "summary.json", json.dumps(summary, ensure_ascii=False, indent=2, allow_nan=False) + "\n")
+    charts = render_charts(rows, chart_dir)
+    report = _write_text(
+        out_dir / "report.md", markdown_report(rows, title=title, charts=charts, relative_to=out_dir)
+    )
+    produced = {p.resolve() for p in charts.values()}
+    if chart_dir.is_dir():
+        for stale in chart_dir.iterdir():
+            ours = re.fullmatch(r"(overall|departments_.+|languages_.+)\.png", stale.name)
+            if ours and stale.resolve() not in produced:
+                stale.unlink(missing_ok=True)
+    return report

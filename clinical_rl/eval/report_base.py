@@ -1,0 +1,102 @@
+"""What the evaluation report, its charts and its W&B dashboards share: how `GroupRow`s are ordered, looked up and
+labelled, and atomic file writes.
+
+Ordering is stable everywhere: benchmarks and models in first-seen order, departments in `DEPARTMENTS` order (unknown
+ones after, first-seen), languages zh, en, then others first-seen.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from clinical_rl.data.departments import DEPARTMENTS
+from clinical_rl.eval.records import GroupRow
+
+LANGUAGES: tuple[str, ...] = ("zh", "en")
+LANGUAGE_NAMES: dict[str, str] = {"zh": "Chinese", "en": "English"}
+
+# ---------------------------------------------------------------------------------------------------------------
+# Atomic files
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """A temp file next to `path`, renamed over it only when the block finishes without error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        kwargs = {"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {}
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ordering, lookup and labels of rows
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def benchmark_order(rows: Sequence[GroupRow]) -> list[str]:
+    """Benchmarks in first-seen order."""
+    return _unique(r.benchmark for r in rows)
+
+
+def model_order(rows: Sequence[GroupRow], benchmark: str | None = None) -> list[str]:
+    """Models (of `benchmark`, or of all) in first-seen order."""
+    return _unique(r.model for r in rows if benchmark is None or r.benchmark == benchmark)
+
+
+def department_order(rows: Sequence[GroupRow], benchmark: str) -> list[str]:
+    """Departments of `benchmark` in `DEPARTMENTS` order, unknown ones after in first-seen order."""
+    present = _unique(r.group for r in rows if r.benchmark == benchmark and r.kind == "department")
+    known = [d for d in DEPARTMENTS if d in present]
+    return known + [d for d in present if d not in DEPARTMENTS]
+
+
+def language_order(rows: Sequence[GroupRow], benchmark: str) -> list[str]:
+    """Languages of `benchmark`: zh, en, then others in first-seen order."""
+    present = _unique(r.group for r in rows if r.benchmark == benchmark and r.kind == "language")
+    return [lang for lang in LANGUAGES if lang in present] + [lang for lang in present if lang not in LANGUAGES]
+
+
+def index_rows(rows: Sequence[GroupRow]) -> dict[tuple[str, str, str, str], GroupRow]:
+    """(benchmark, model, kind, group) -> row; a duplicate key is an error upstream, so it raises."""
+    index: dict[tuple[str, str, str, str], GroupRow] = {}
+    for row in rows:
+        key = (row.benchmark, row.model, row.kind, row.group)
+        if key in index:
+            raise ValueError(f"duplicate GroupRow for benchmark={key[0]!r} model={key[1]!r} {key[2]}={key[3]!r}")
+        index[key] = row
+    return index
+
+
+def has_accuracy(row: GroupRow | None) -> bool:
+    """A row with cases and a finite accuracy: something to draw or log."""
+    return row is not None and row.accuracy.n > 0 and math.isfinite(row.accuracy.value)
+
+
+def department_label(department: str) -> str:
+    """English display name: `respiratory` -> `Respiratory`, `infectious_disease` -> `Infectious Disease`."""
+    return department.replace("_", " ").strip().title()
+
+
+def language_label(language: str) -> str:
+    """English display name: `zh` -> `Chinese`; unknown codes stay as they are."""
+    return LANGUAGE_NAMES.get(language, language)

@@ -1,0 +1,188 @@
+"""`clinical-rl eval`: every model answers every benchmark; the verifier cascade judges; a report is written.
+
+    for model in models:                       # a local checkpoint (vLLM engine actors) or an endpoint
+        for benchmark in benchmarks:           # case files, optionally an ICD-stratified split
+            replies     = model.chat(case conversations)          # same prompt format as training
+            predictions += verify(final answer of each reply)     # rule verifier, then the judge
+    rows = summarize(predictions)              # accuracy per department / language, bootstrap 95% CIs
+    write_report(rows, predictions)            # report.md, charts/*.png, predictions.jsonl, summary.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from clinical_rl.config import EvalBenchmarkConfig, EvalConfig, EvalModelConfig, RunConfig
+from clinical_rl.data.cases import Case
+from clinical_rl.data.loaders import load_cases
+from clinical_rl.data.prompts import case_messages
+from clinical_rl.eval.records import GroupRow, Prediction
+from clinical_rl.llm_client import ChatBackend, ChatReply, Conversation, EngineChat, OpenAIChat
+from clinical_rl.rewards.answer_format import parse_response
+from clinical_rl.rewards.cascade import CascadeVerifier, Decision
+from clinical_rl.rewards.judge import LLMJudge
+from clinical_rl.rewards.rule_verifier import RuleVerifier
+
+log = logging.getLogger(__name__)
+
+COT_SUFFIX = {
+    "en": "\n\nLet's think step by step, then give the final diagnosis on its own line as 'Diagnosis: <name>'.",
+    "zh": "\n\n请一步一步思考，最后单独一行给出最终诊断，格式为“诊断：<名称>”。",
+}
+_CHUNK = 32  # conversations per request batch: progress shows, and one failure costs little
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    report: Path
+    rows: list[GroupRow]
+    predictions: list[Prediction]
+
+
+def run_eval(cfg: RunConfig, models: Sequence[EvalModelConfig] | None = None) -> EvalResult:
+    """Evaluate `models` (default: `cfg.eval.models`) on `cfg.eval.benchmarks` and write the report."""
+    from clinical_rl.eval.report import write_report
+    from clinical_rl.eval.scorers import summarize
+
+    ev = cfg.eval
+    models = list(models if models is not None else ev.models)
+    if not models:
+        raise ValueError("eval.models is empty: name at least one model (path or endpoint)")
+    if cfg.tracking.wandb_mode == "online" and not os.environ.get("WANDB_API_KEY"):
+        raise ValueError("tracking.wandb_mode=online needs WANDB_API_KEY in the environment")
+    benchmarks = {b.name: load_benchmark(b, cfg.seed) for b in ev.benchmarks}
+    verifier = CascadeVerifier(RuleVerifier(), _judge(ev))
+    predictions: list[Prediction] = []
+    for model in models:
+        with open_backend(model, cfg) as backend:
+            for name, cases in benchmarks.items():
+                replies = chat_in_chunks(backend, [conversation(c, ev) for c in cases], ev, f"{model.label}/{name}")
+                predictions += judge_replies(name, model.label, cases, replies, verifier, ev)
+    rows = summarize(predictions, n_resamples=ev.bootstrap_resamples, seed=cfg.seed)
+    out_dir = Path(ev.out_dir or Path(cfg.output_dir) / "eval")
+    report = write_report(rows, predictions, out_dir)
+    _log_to_wandb(cfg, rows, predictions)
+    return EvalResult(report, rows, predictions)
+
+
+def load_benchmark(b: EvalBenchmarkConfig, seed: int) -> list[Case]:
+    from clinical_rl.eval.splits import build_split
+
+    cases = load_cases(b.path, b.format, b.fields or None, None, None, seed)
+    if b.per_department:
+        cases = build_split(cases, b.per_department, seed=seed)
+    return cases[: b.limit] if b.limit else cases
+
+
+def conversation(case: Case, ev: EvalConfig) -> Conversation:
+    """The training prompt; with `cot_prompt`, a plain user turn that asks for step-by-step reasoning."""
+    if ev.cot_prompt:
+        return [{"role": "user", "content": case_messages(case)[1]["content"] + COT_SUFFIX[case.language]}]
+    return case_messages(case, ev.system_prompt)
+
+
+def chat_in_chunks(backend: ChatBackend, conversations: list[Conversation], ev: EvalConfig,
+                   label: str) -> list[ChatReply | Exception]:
+    replies: list[ChatReply | Exception] = []
+    with tqdm(total=len(conversations), desc=f"eval {label}", unit="case") as bar:
+        for start in range(0, len(conversations), _CHUNK):
+            chunk = conversations[start : start + _CHUNK]
+            replies += backend.chat(chunk, ev.max_new_tokens, ev.temperature)
+            bar.update(len(chunk))
+    return replies
+
+
+def judge_replies(benchmark: str, model: str, cases: Sequence[Case], replies: Sequence[ChatReply | Exception],
+                  verifier: CascadeVerifier, ev: EvalConfig) -> list[Prediction]:
+    """Verify the final answer of each reply; a failed request or judge is an `error` prediction, kept."""
+    answers = [None if isinstance(r, Exception) else parse_response(r.text, ev.answer_format).answer for r in replies]
+    to_verify = [i for i, a in enumerate(answers) if a]
+    decided = dict(zip(to_verify, verifier.verify([(answers[i], cases[i]) for i in to_verify])))
+    out = []
+    for i, (case, reply) in enumerate(zip(cases, replies, strict=True)):
+        decision, error = decided.get(i), None
+        if isinstance(reply, Exception):
+            verdict, path, error = "error", "error", f"{type(reply).__name__}: {reply}"
+        elif decision is None:
+            verdict, path = "incorrect", "format"  # no final answer to judge
+        else:
+            verdict, path, error = _verdict(decision), decision.path, decision.error
+        out.append(Prediction(
+            benchmark=benchmark, model=model, case_id=case.id, department=case.department, language=case.language,
+            icd10=case.icd10, reference=case.answer, prompt=case.question,
+            output="" if isinstance(reply, Exception) else reply.text, extracted=answers[i], verdict=verdict,
+            path=path, error=error,
+        ))
+    return out
+
+
+def _verdict(decision: Decision) -> str:
+    return "error" if decision.error else decision.verdict
+
+
+@contextlib.contextmanager
+def open_backend(model: EvalModelConfig, cfg: RunConfig) -> Iterator[ChatBackend]:
+    """An endpoint client, or `eval.num_engines` vLLM engine actors that live for this model's evaluation."""
+    ev = cfg.eval
+    if model.path is None:
+        yield OpenAIChat(model.model or "", model.base_url, model.api_key_env, ev.timeout_s, 2, ev.max_in_flight)
+        return
+    import ray
+
+    from clinical_rl.actors.rollout import RolloutEngine
+    from clinical_rl.config import RolloutConfig
+    from clinical_rl.device import Device
+    from clinical_rl.models import check_model_dir
+
+    path = check_model_dir(model.path, f"eval.models[{model.label}].path")
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+                 object_store_memory=int(cfg.ray.object_store_gib * 1024**3) if cfg.ray.address is None else None)
+    device = Device(cfg.device)
+    engine_cfg = RolloutConfig(num_cpus=ev.engine_num_cpus, max_model_len=ev.max_model_len,
+                               kv_cache_gib=ev.kv_cache_gib)
+    engines = [
+        ray.remote(RolloutEngine).options(num_cpus=ev.engine_num_cpus, num_gpus=device.actor_gpus())
+        .remote(str(path), engine_cfg, device, ev.dtype, cfg.seed + i, cfg.model.trust_remote_code)
+        for i in range(ev.num_engines)
+    ]
+    try:
+        ray.get([e.ready.remote() for e in engines])
+        yield EngineChat(engines, timeout_s=ev.timeout_s)
+    finally:
+        with contextlib.suppress(Exception):  # still kill the actors
+            ray.get([e.shutdown.remote() for e in engines], timeout=60)
+        for engine in engines:
+            ray.kill(engine)
+        if started_ray:
+            ray.shutdown()
+
+
+def _judge(ev: EvalConfig) -> LLMJudge | None:
+    from clinical_rl.rewards.clinical import JudgeConfig, build_judge
+
+    return build_judge(JudgeConfig.model_validate(ev.judge)) if ev.judge is not None else None
+
+
+def _log_to_wandb(cfg: RunConfig, rows: list[GroupRow], predictions: list[Prediction]) -> None:
+    if cfg.tracking.wandb_mode == "disabled":
+        return
+    import wandb
+
+    from clinical_rl.eval.dashboards import log_to_wandb
+
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    run = wandb.init(project=cfg.tracking.project, name=f"{cfg.tracking.run_name or 'run'}-eval",
+                     mode=cfg.tracking.wandb_mode, dir=cfg.output_dir, job_type="eval", reinit="finish_previous")
+    try:
+        log_to_wandb(rows, predictions, run)
+    finally:
+        run.finish()
