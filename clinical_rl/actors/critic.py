@@ -98,7 +98,7 @@ class CriticTrainer:
         Under ZeRO-3 the forward is collective: call every rank, each with the same number of rows.
         """
         self.engine.eval()
-        return score_batch(self.engine, batch, self.cfg.micro_batch_size, self.torch_device)
+        return score_batch(lambda ids, am, _: self.engine(ids, am), batch, self.cfg.micro_batch_size, self.torch_device)
 
     def update(self, exp: Experience, index: Tensor) -> dict[str, float]:
         """One optimizer step of value_coef * clipped value loss on minibatch rows `index` (this rank's shard)."""

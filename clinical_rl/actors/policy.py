@@ -75,14 +75,15 @@ class PolicyTrainer:
 
     @torch.no_grad()
     def logprobs(self, batch: RolloutBatch) -> Tensor:
-        """(B, T) fp32 log pi(token) at the sampling temperature for every row given, 0 on padding.
+        """(B, T) fp32 log pi(token) at the sampling temperature on response tokens, 0 elsewhere.
 
         Under ZeRO-3 the forward is collective: call every rank, each with the same number of rows.
         """
         self.engine.eval()
 
-        def fn(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-            return next_token_logprobs(self._logits(input_ids, attention_mask), input_ids, self.temperature)
+        def fn(input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor) -> Tensor:
+            logits = self._logits(input_ids, attention_mask)
+            return next_token_logprobs(logits, input_ids, self.temperature, response_mask)
 
         return score_batch(fn, batch, self.cfg.micro_batch_size, self.torch_device)
 
@@ -106,13 +107,13 @@ class PolicyTrainer:
             )
         )
         logits = self._logits(input_ids, attention_mask)
-        logp = next_token_logprobs(logits, input_ids, self.temperature)
+        logp = next_token_logprobs(logits, input_ids, self.temperature, mask)
         pg_loss, stats = ppo_policy_loss(
             logp, old_logp, advantages, mask, self.cfg.clip_eps_low, self.cfg.clip_eps_high, num_tokens
         )
         loss = pg_loss
         with torch.set_grad_enabled(self.cfg.entropy_coef > 0):  # metric only unless it is in the loss
-            entropy = next_token_entropy(logits, self.temperature)
+            entropy = next_token_entropy(logits, self.temperature, mask)
         if self.cfg.entropy_coef > 0:
             loss = loss - self.cfg.entropy_coef * masked_mean(entropy, mask, num_tokens)
         kl = torch.zeros(())

@@ -41,10 +41,10 @@ class ReferenceModel:
 
     @torch.no_grad()
     def logprobs(self, batch: RolloutBatch) -> Tensor:
-        """(B, T) fp32 log pi_ref(token) at the sampling temperature, 0 at position 0 and on padding."""
+        """(B, T) fp32 log pi_ref(token) at the sampling temperature on response tokens, 0 elsewhere."""
 
-        def fn(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        def fn(input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor) -> Tensor:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-            return next_token_logprobs(logits, input_ids, self.temperature)
+            return next_token_logprobs(logits, input_ids, self.temperature, response_mask)
 
         return score_batch(fn, batch, self.cfg.micro_batch_size, self.torch_device)

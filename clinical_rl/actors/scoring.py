@@ -16,23 +16,36 @@ from torch import Tensor
 from clinical_rl.algorithms.losses import entropy_from_logits
 from clinical_rl.batch import RolloutBatch, trim_to_content
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]  # (input_ids, attention_mask) (b, t) -> aligned (b, t) scores
+# (input_ids, attention_mask, response_mask) (b, t) -> aligned (b, t) scores; the response mask says where they count
+ScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-def token_logprobs(logits: Tensor, input_ids: Tensor, temperature: float = 1.0) -> Tensor:
+def token_logprobs(logits: Tensor, input_ids: Tensor, temperature: float = 1.0, mask: Tensor | None = None) -> Tensor:
     """log softmax(logits / temperature) at `input_ids`, position by position. (B, T, V), (B, T) -> (B, T) fp32.
 
     Gather minus logsumexp, one row at a time: besides the logits, at most one row's fp32 (T, V) copy exists,
-    where `log_softmax` would allocate a second (B, T, V) tensor (the largest activation of an LLM).
+    where `log_softmax` would allocate a second (B, T, V) tensor (the largest activation of an LLM). With `mask`
+    (B, T), only positions where it is nonzero are computed (0 elsewhere): prompts are most of a row's tokens.
     """
-    rows = []
-    for row_logits, row_ids in zip(logits, input_ids):
-        row = row_logits.float()  # no copy when already fp32
-        if temperature != 1.0:
-            row = row / temperature
-        picked = row.gather(-1, row_ids.unsqueeze(-1)).squeeze(-1)
-        rows.append(picked - torch.logsumexp(row, dim=-1))
-    return torch.stack(rows)
+    return torch.stack([
+        _at(lambda row, ids: row.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(row, dim=-1),
+            row_logits, row_ids, temperature, row_mask)
+        for row_logits, row_ids, row_mask in zip(logits, input_ids, _rows_of(mask, logits))
+    ])
+
+
+def _rows_of(mask: Tensor | None, logits: Tensor) -> list[Tensor | None]:
+    return [None] * logits.shape[0] if mask is None else list(mask)
+
+
+def _at(fn: Callable[[Tensor, Tensor], Tensor], row_logits: Tensor, row_ids: Tensor, temperature: float,
+        row_mask: Tensor | None) -> Tensor:
+    """`fn(fp32 logits / temperature, ids)` of one row, at the masked positions only when a mask is given."""
+    if row_mask is None:
+        return fn(row_logits.float() / temperature, row_ids)
+    where = row_mask.nonzero().squeeze(-1)
+    out = torch.zeros(row_ids.shape, dtype=torch.float32, device=row_ids.device)
+    return out.index_put((where,), fn(row_logits[where].float() / temperature, row_ids[where]))
 
 
 def shift_right(x: Tensor) -> Tensor:
@@ -40,17 +53,25 @@ def shift_right(x: Tensor) -> Tensor:
     return F.pad(x, (1, 0))
 
 
-def next_token_logprobs(logits: Tensor, input_ids: Tensor, temperature: float = 1.0) -> Tensor:
-    """Causal-LM logits -> token-aligned logp. (B, T, V), (B, T) -> (B, T) fp32, logp[:, 0] = 0."""
-    return shift_right(token_logprobs(logits[:, :-1], input_ids[:, 1:], temperature))
+def next_token_logprobs(logits: Tensor, input_ids: Tensor, temperature: float = 1.0,
+                        mask: Tensor | None = None) -> Tensor:
+    """Causal-LM logits -> token-aligned logp. (B, T, V), (B, T) -> (B, T) fp32, logp[:, 0] = 0.
+
+    `mask` (B, T), aligned to tokens: compute only where it is nonzero (e.g. the response), 0 elsewhere.
+    """
+    shifted = None if mask is None else mask[:, 1:]
+    return shift_right(token_logprobs(logits[:, :-1], input_ids[:, 1:], temperature, shifted))
 
 
-def next_token_entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
+def next_token_entropy(logits: Tensor, temperature: float = 1.0, mask: Tensor | None = None) -> Tensor:
     """Entropy of the distribution each token was sampled from. (B, T, V) -> (B, T) fp32, 0 at position 0.
 
-    Row by row for the same memory reason as `token_logprobs`.
+    Row by row for the same memory reason as `token_logprobs`; with `mask`, only where it is nonzero.
     """
-    rows = [entropy_from_logits(row[:-1].float() / temperature) for row in logits]
+    ids = torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device)[:, 1:]
+    shifted = _rows_of(None if mask is None else mask[:, 1:], logits)
+    rows = [_at(lambda row, _: entropy_from_logits(row), row[:-1], row_ids, temperature, row_mask)
+            for row, row_ids, row_mask in zip(logits, ids, shifted)]
     return shift_right(torch.stack(rows))
 
 
@@ -66,7 +87,9 @@ def score_batch(fn: ScoreFn, batch: RolloutBatch, micro_batch_size: int, device:
     """
     out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
     for rows in micro_batches(len(batch), micro_batch_size):
-        input_ids, attention_mask = trim_to_content(batch.input_ids[rows], attention_mask=batch.attention_mask[rows])
-        scores = fn(input_ids.to(device), attention_mask.to(device)).float().cpu()
+        input_ids, attention_mask, response_mask = trim_to_content(
+            batch.input_ids[rows], batch.response_mask[rows], attention_mask=batch.attention_mask[rows]
+        )
+        scores = fn(input_ids.to(device), attention_mask.to(device), response_mask.to(device)).float().cpu()
         out[rows, : input_ids.shape[1]] = scores * attention_mask
     return out

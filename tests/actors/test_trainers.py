@@ -19,7 +19,7 @@ from clinical_rl.data.cases import Case
 from clinical_rl.actors.critic import CriticTrainer, load_value_model
 from clinical_rl.actors.policy import PolicyTrainer
 from clinical_rl.actors.reference import ReferenceModel
-from clinical_rl.actors.scoring import token_logprobs
+from clinical_rl.actors.scoring import next_token_entropy, next_token_logprobs, token_logprobs
 from clinical_rl.algorithms.losses import value_loss
 from clinical_rl.batch import Experience, RolloutBatch
 from clinical_rl.config import CriticConfig, ModelConfig, PolicyConfig, ReferenceConfig
@@ -149,13 +149,26 @@ def test_token_logprobs_equals_log_softmax():
     torch.testing.assert_close(token_logprobs(logits, ids, temperature=0.5), expected)
 
 
+def test_masked_scoring_computes_only_the_masked_positions_and_keeps_gradients():
+    logits = torch.randn(2, 6, 11, requires_grad=True)
+    ids = torch.randint(0, 11, (2, 6))
+    mask = torch.tensor([[0, 0, 0, 1, 1, 0], [0, 1, 1, 1, 1, 1]], dtype=torch.float32)
+    full_logp, full_entropy = next_token_logprobs(logits, ids, 0.7), next_token_entropy(logits, 0.7)
+    logp, entropy = next_token_logprobs(logits, ids, 0.7, mask), next_token_entropy(logits, 0.7, mask)
+    torch.testing.assert_close(logp, full_logp * mask)
+    torch.testing.assert_close(entropy, full_entropy * mask)
+    (logp.sum() + entropy.sum()).backward()
+    assert logits.grad[0, :2].abs().sum() == 0 and logits.grad[0, 2:4].abs().sum() > 0  # token t from logits t-1
+
+
 def test_reference_logprobs_match_hf(tiny_model):
     batch = make_batch()
     ref = ReferenceModel(
         ModelConfig(path=tiny_model), ReferenceConfig(micro_batch_size=3), CPU, model_path=tiny_model,
         temperature=TEMPERATURE,
     )
-    torch.testing.assert_close(ref.logprobs(batch), hf_logprobs(tiny_model, batch, TEMPERATURE), atol=1e-5, rtol=0)
+    expected = hf_logprobs(tiny_model, batch, TEMPERATURE) * batch.response_mask  # scored on the response only
+    torch.testing.assert_close(ref.logprobs(batch), expected, atol=1e-5, rtol=0)
 
 
 # --- policy -----------------------------------------------------------------------------------------------------
@@ -165,7 +178,8 @@ def test_policy_logprobs_match_hf(policy, tiny_model):
     batch = make_batch()
     logp = get(policy.logprobs.remote(batch))
     assert logp.shape == batch.input_ids.shape
-    torch.testing.assert_close(logp, hf_logprobs(tiny_model, batch, TEMPERATURE), atol=1e-5, rtol=0)
+    expected = hf_logprobs(tiny_model, batch, TEMPERATURE) * batch.response_mask  # scored on the response only
+    torch.testing.assert_close(logp, expected, atol=1e-5, rtol=0)
 
 
 def test_positive_advantages_raise_logp(policy):
