@@ -1,0 +1,1 @@
+"""Long chain-of-thought synthesis: search with a verifier, reformat, filter, store."""
