@@ -1,0 +1,105 @@
+"""SFT trainer: one data-parallel rank of supervised fine-tuning on packed long-CoT samples, in a DeepSpeed engine.
+
+A plain class; the caller wraps it with `ray.remote(...)` (one engine per actor process). Engine setup is the
+policy trainer's (`deepspeed_engine`), plus a cosine learning-rate schedule with linear warmup. Every batch is one
+optimizer step; its loss is the token mean over the label tokens of all ranks' batches of that step (the count
+is all-reduced, and `backward_step` turns DeepSpeed's rank average into a sum), so sharding rows over ranks
+leaves the update unchanged. Each rank must get the same number of batches (ZeRO collectives line up per step).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
+
+from clinical_rl.actors.deepspeed_engine import backward_step, build_engine, init_distributed, load_hf_model, save_hf
+from clinical_rl.config import ModelConfig, SFTConfig
+from clinical_rl.device import Device, torch_dtype
+from clinical_rl.sft.packing import PackedBatch, label_loss_sum
+
+
+class SFTTrainer:
+    """Next-token cross-entropy on thinking + response tokens, evaluation loss, and HF export for one rank."""
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        cfg: SFTConfig,
+        device: Device,
+        *,
+        model_path: str,
+        rank: int,
+        world_size: int,
+        master_address: str,
+        master_port: int,
+        steps_per_epoch: int,
+        seed: int,
+    ) -> None:
+        device.setup_process()
+        torch.manual_seed(seed)
+        self.cfg, self.model_path, self.rank, self.world_size = cfg, model_path, rank, world_size
+        self.torch_device, self.dtype = device.torch_device(), torch_dtype(model.dtype)
+        self.use_varlen = device.is_gpu  # GPU: flash-attention varlen from position ids; CPU: explicit 4D mask
+        init_distributed(device, rank, world_size, master_address, master_port)
+        hf = load_hf_model(AutoModelForCausalLM, model_path, model, cfg.gradient_checkpointing)
+        self.engine = build_engine(hf, cfg, model.dtype, grad_accum_steps=1)
+        total = cfg.epochs * steps_per_epoch
+        # DeepSpeed steps `engine.lr_scheduler` after each applied optimizer step (not after fp16-overflow skips).
+        self.engine.lr_scheduler = get_cosine_schedule_with_warmup(
+            self.engine.basic_optimizer, math.ceil(cfg.warmup_ratio * total), total
+        )
+
+    def ready(self) -> bool:
+        return True
+
+    def _loss_sum(self, batch: PackedBatch) -> torch.Tensor:
+        logits = self.engine(**batch.model_inputs(self.use_varlen, self.dtype, self.torch_device)).logits
+        return label_loss_sum(logits, batch.labels.to(self.torch_device))
+
+    def _all_ranks(self, *values: float) -> list[float]:
+        """Sum of each value over ranks (fp64 so token counts stay exact)."""
+        totals = torch.tensor(values, dtype=torch.float64, device=self.torch_device)
+        dist.all_reduce(totals)
+        return totals.tolist()
+
+    def train_epoch(self, batches: list[PackedBatch]) -> dict[str, float]:
+        """One optimizer step per batch -> token-mean loss (all ranks), last lr, mean grad norm, tokens/s (rank)."""
+        start = time.perf_counter()
+        self.engine.train()
+        loss_sum, label_tokens, seen_tokens, lr = 0.0, 0.0, 0.0, math.nan
+        norms: list[float] = []
+        for batch in batches:
+            (step_tokens,) = self._all_ranks(batch.num_label_tokens)
+            lr = float(self.engine.get_lr()[0])  # the rate this step applies (the scheduler moves it after)
+            loss = self._loss_sum(batch)
+            # No accumulation: every batch ends at an optimizer step, so backward_step always returns its norm.
+            norms.append(float(backward_step(self.engine, loss / max(step_tokens, 1.0), self.world_size)))
+            loss_sum += loss.item()
+            label_tokens += batch.num_label_tokens
+            seen_tokens += batch.num_tokens
+        loss_sum, label_tokens = self._all_ranks(loss_sum, label_tokens)
+        return {
+            "sft/loss": loss_sum / max(label_tokens, 1.0),
+            "sft/lr": lr,
+            "sft/grad_norm": sum(norms) / max(len(norms), 1),
+            "perf/sft_tokens_per_s": seen_tokens / (time.perf_counter() - start),
+        }
+
+    @torch.no_grad()
+    def evaluate_loss(self, batches: list[PackedBatch]) -> float:
+        """Token-mean loss over the label tokens of all ranks' batches. Collective under ZeRO-3: call every rank."""
+        self.engine.eval()
+        loss_sum = sum(self._loss_sum(batch).item() for batch in batches)
+        loss_sum, label_tokens = self._all_ranks(loss_sum, sum(b.num_label_tokens for b in batches))
+        return loss_sum / max(label_tokens, 1.0)
+
+    def save_pretrained(self, out_dir: str) -> None:
+        """Write a HF directory (weights, config, tokenizer). Collective: call every rank; rank 0 writes."""
+        has_tokenizer = (Path(self.model_path) / "tokenizer_config.json").is_file()
+        tokenizer = AutoTokenizer.from_pretrained(self.model_path) if has_tokenizer and self.rank == 0 else None
+        save_hf(self.engine, tokenizer, out_dir, self.cfg.zero_stage)
