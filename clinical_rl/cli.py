@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from collections.abc import Callable
 
 from pathlib import Path
 
@@ -27,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in [
         ("ppo", "run the RL loop (PPO with a critic, or GRPO when algo.advantage=grpo)"),
         ("plan", "print the resolved config and the placement plan, start nothing"),
+        ("pipeline", "synthesis -> SFT -> PPO -> evaluation (pipeline.stages), each stage resumable"),
     ]:
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", help="YAML config file (defaults apply without one)")
@@ -38,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--benchmark", action="append", default=[], metavar="SPEC",
                     help="builtin, PATH or NAME=PATH (repeatable; replaces eval.benchmarks)")
     ev.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.max_new_tokens=256")
+    synth = sub.add_parser("synth", help="synthesize long chain-of-thought SFT data by verifier-guided search")
+    synth.add_argument("--config", help="YAML config file; its synthesis section (and eval, for engines) is used")
+    synth.add_argument("overrides", nargs="*", help="dotted overrides, e.g. synthesis.restart=true")
     sub.add_parser("prepare-model", help="convert the embedded SmolLM2 model into the cache (idempotent)")
     serve = sub.add_parser("serve-reward", help="serve reward.cls over HTTP (OpenRLHF remote reward protocol)")
     serve.add_argument("--config", help="YAML config file; only its reward section is used")
@@ -72,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         return _serve_reward(cfg, args)
     if args.command == "eval":
         return _eval(cfg, args)
+    if args.command == "synth":
+        return _synth(cfg)
+    if args.command == "pipeline":
+        return _pipeline(cfg)
     return _ppo(cfg)
 
 
@@ -120,6 +129,49 @@ def parse_benchmark_spec(spec: str) -> EvalBenchmarkConfig:
     return EvalBenchmarkConfig(name=name, path=path)
 
 
+def _run_job(job: Callable[[], object]) -> int:
+    """Run a long job; bad input (a file, a value, a failing verifier) is one line on stderr and exit code 2."""
+    from clinical_rl.experience import RewardFailureError
+
+    # SIGTERM (job cancel, pod eviction) unwinds like Ctrl-C, so the job kills its actors and Ray on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        job()
+    except (FileNotFoundError, ValueError, RewardFailureError) as err:
+        print(f"clinical-rl: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _pipeline(cfg: RunConfig) -> int:
+    from clinical_rl.pipeline import run_pipeline
+
+    def job() -> None:
+        for name, path in vars(run_pipeline(cfg)).items():
+            if path is not None:
+                print(f"{name}: {path}")
+
+    return _run_job(job)
+
+
+def _synth(cfg: RunConfig) -> int:
+    import logging
+
+    from clinical_rl.synthesis.runner import synthesize
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpx2"):  # one INFO line per request would bury the progress bar
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        summary = synthesize(cfg)  # handles Ctrl-C / SIGTERM itself: in-flight cases finish, the file stays whole
+    except (ValueError, FileNotFoundError) as err:  # bad input file, corrupt output, unusable judge
+        print(f"clinical-rl: {err}", file=sys.stderr)
+        return 2
+    print(summary)
+    # 130: interrupted (rerun to resume); 1: some searches raised and were not stored (a rerun retries them).
+    return 130 if summary.interrupted else 1 if summary.errors else 0
+
+
 def _serve_reward(cfg: RunConfig, args: argparse.Namespace) -> int:
     import logging
 
@@ -138,24 +190,19 @@ def _serve_reward(cfg: RunConfig, args: argparse.Namespace) -> int:
 
 def _ppo(cfg: RunConfig) -> int:
     from clinical_rl.driver import run
-    from clinical_rl.experience import RewardFailureError
 
-    # SIGTERM (job cancel, pod eviction) unwinds like Ctrl-C, so run() kills its actors and Ray on the way out.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    try:
+    def job() -> None:
         result = run(cfg)
-    except (FileNotFoundError, ValueError, RewardFailureError) as err:
-        print(f"clinical-rl: {err}", file=sys.stderr)
-        return 2
-    print(f"final policy (HF format): {result.policy_dir}")
-    print(f"W&B run: {result.tracking}")
-    if cfg.eval.after_training:
-        from clinical_rl.eval.runner import run_eval
+        print(f"final policy (HF format): {result.policy_dir}")
+        print(f"W&B run: {result.tracking}")
+        if cfg.eval.after_training:
+            from clinical_rl.eval.runner import run_eval
 
-        trained = [EvalModelConfig(label="base", path=cfg.model.path),
-                   EvalModelConfig(label="policy", path=str(result.policy_dir))]
-        print(f"evaluation report: {run_eval(cfg, [*trained, *cfg.eval.models]).report}")
-    return 0
+            trained = [EvalModelConfig(label="base", path=cfg.model.path),
+                       EvalModelConfig(label="policy", path=str(result.policy_dir))]
+            print(f"evaluation report: {run_eval(cfg, [*trained, *cfg.eval.models]).report}", flush=True)
+
+    return _run_job(job)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from clinical_rl.device import DeviceKind, DTypeName
+from clinical_rl.synthesis.filters import FilterConfig
 
 
 JUDGE_ACTOR_NAME = "clinical_rl_judge"  # the in-cluster judge engine; Ray scopes names to the job's namespace
@@ -66,6 +67,19 @@ class CriticConfig(TrainerConfig):
     clip_value: float | None = Field(0.2, description="value clip range; null disables clipping")
     value_coef: float = Field(1.0, gt=0, description="scale of the value loss")
     init_from: str | None = Field(None, description="critic base model; default: model.path")
+
+
+class SFTConfig(TrainerConfig):
+    """Supervised fine-tuning on synthesised long-CoT rows (paper: 3 epochs, lr 5e-6, cosine with warmup)."""
+
+    epochs: int = Field(3, ge=1, description="passes over the SFT rows")
+    lr: float = Field(5e-6, gt=0, description="peak AdamW learning rate (cosine decay to 0 after warmup)")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="fraction of all optimizer steps in linear warmup")
+    max_len: int = Field(4096, ge=16, description="tokens per packed sequence; longer rows lose their target's end")
+    micro_batch_size: int = Field(1, ge=1, description="sequences (packed or single rows) per optimizer step per rank")
+    pack: bool = Field(True, description="pack several rows into each max_len sequence (attention kept per row)")
+    data_path: str | None = Field(None, description="SFT rows: synthesis output JSONL or plain JSONL")
+    output_subdir: str = Field("sft", description="directory under output_dir for the fine-tuned model")
 
 
 class ReferenceConfig(_Node):
@@ -202,6 +216,53 @@ class EvalConfig(_Node):
     after_training: bool = Field(False, description="`ppo`: evaluate the base model and the trained policy at the end")
 
 
+class SynthesisFilterConfig(_Node):
+    """Quality filters on synthesized rows (synthesis/filters.py); a row that fails is stored as `filtered`."""
+
+    max_repetition: float = Field(FilterConfig.max_repetition, ge=0, le=1,
+                                  description="share of repeated 4-grams above which a text loops")
+    min_thinking_chars: int = Field(FilterConfig.min_thinking_chars, ge=0, description="shortest thinking kept")
+    max_thinking_chars: int = Field(FilterConfig.max_thinking_chars, ge=1, description="longest thinking kept")
+    min_response_chars: int = Field(FilterConfig.min_response_chars, ge=0, description="shortest response kept")
+    max_response_chars: int = Field(FilterConfig.max_response_chars, ge=1, description="longest response kept")
+
+    def to_filter_config(self) -> FilterConfig:
+        return FilterConfig(**self.model_dump())
+
+
+class SynthesisConfig(_Node):
+    """`clinical-rl synth`: long-CoT SFT rows by verifier-guided search (HuatuoGPT-o1), resumable JSONL output."""
+
+    path: str = Field("builtin", description="input cases: 'builtin' or a case file (any data.format)")
+    format: DataFormat = Field("auto", description="loader, as data.format")
+    limit: int | None = Field(None, ge=1, description="first N cases in file order")
+    output: str | None = Field(None, description="output JSONL; default: <output_dir>/synthesis.jsonl")
+    model: str = Field("", description="synthesizer model name at the endpoint (required unless engine)")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; None: api.openai.com")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoint's key")
+    engine: bool = Field(False, description="use rollout-engine actors of engine_model (sized by eval.*) instead")
+    engine_model: str = Field("embedded", description="engine: local HF directory or 'embedded'")
+    max_in_flight: int = Field(8, ge=1, description="cases searched at once (each a chain of blocking calls)")
+    requests_per_min: float | None = Field(None, ge=0, description="request rate limit; 0/null: none")
+    tokens_per_min: float | None = Field(None, ge=0, description="token rate limit (prompt chars/4 + max_tokens)")
+    timeout_s: float = Field(300.0, gt=0, description="per-request timeout (endpoint) / per-batch (engines)")
+    max_retries: int = Field(2, ge=0, description="endpoint retries with exponential backoff per request")
+    max_depth: int = Field(3, ge=0, description="search strategies tried per branch after its first chain")
+    max_attempts: int = Field(2, ge=1, description="branches (restarts) before the guided attempt")
+    max_tokens: int = Field(2048, ge=1, description="reply cap per LLM call")
+    temperature: float = Field(0.7, ge=0, description="synthesizer sampling temperature")
+    filters: SynthesisFilterConfig = Field(default_factory=SynthesisFilterConfig, description="row quality filters")
+    restart: bool = Field(False, description="start the output anew (default: resume, skipping ids it holds)")
+    judge: dict[str, Any] | None = Field(None, description="LLM judge after the rule verifier (reward judge keys)")
+
+
+PipelineStage = Literal["synth", "sft", "ppo", "eval"]
+
+
+class PipelineConfig(_Node):
+    stages: list[PipelineStage] = Field(["synth", "sft", "ppo", "eval"], description="`pipeline` stages to run, in order")
+
+
 class PlacementConfig(_Node):
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="Ray PG strategy")
     colocate: bool = Field(False, description="policy, critic and reference share the policy ranks' bundles")
@@ -233,6 +294,9 @@ class RunConfig(_Node):
     reward: RewardConfig = RewardConfig()
     algo: AlgoConfig = AlgoConfig()
     data: DataConfig = DataConfig()
+    synthesis: SynthesisConfig = SynthesisConfig()
+    sft: SFTConfig = SFTConfig()
+    pipeline: PipelineConfig = PipelineConfig()
     eval: EvalConfig = EvalConfig()
     placement: PlacementConfig = PlacementConfig()
     ray: RayConfig = RayConfig()

@@ -21,7 +21,7 @@ from clinical_rl.data.loaders import load_cases
 from clinical_rl.data.prompts import render_prompt
 from clinical_rl.experience import experience_metrics, make_experience
 from clinical_rl.models import check_model_dir
-from clinical_rl.placement import create_placement_group, format_plan, plan_placement
+from clinical_rl.placement import connect_ray, create_placement_group, format_plan, plan_placement
 from clinical_rl.rewards.base import RewardInput, RewardResult, load_reward_class
 from clinical_rl.roles import Roles, start_roles, stop_roles
 from clinical_rl.tracking import PhaseTimer, Tracker
@@ -187,14 +187,7 @@ def run(cfg: RunConfig) -> RunResult:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(cfg))
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(
-            address=cfg.ray.address,
-            num_cpus=cfg.ray.num_cpus,
-            object_store_memory=None if cfg.ray.address else int(cfg.ray.object_store_gib * 1024**3),
-            include_dashboard=False,
-        )
+    started_ray = connect_ray(cfg.ray)
     plan = plan_placement(cfg)
     pg, nodes = create_placement_group(plan)
     print(format_plan(plan, nodes), flush=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from clinical_rl.config import RunConfig
+from clinical_rl.config import RayConfig, RunConfig
 from clinical_rl.device import Device
 
 
@@ -125,3 +125,18 @@ def node_address_and_free_port() -> tuple[str, int]:
         s.bind(("", 0))
         port = s.getsockname()[1]
     return ray.util.get_node_ip_address(), port
+
+
+def connect_ray(cfg: RayConfig) -> bool:
+    """Join `cfg.address`, or start a local cluster; True when this call started Ray (the caller shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(
+        address=cfg.address,
+        num_cpus=cfg.num_cpus,
+        object_store_memory=None if cfg.address else int(cfg.object_store_gib * 1024**3),
+        include_dashboard=False,
+    )
+    return True

@@ -68,12 +68,12 @@ def start_roles(cfg: RunConfig, plan: PlacementPlan, pg: Any, model_path: Path, 
         for slot in plan.of("rollout")
     ]
     common = {"minibatch_size": cfg.algo.minibatch_size, "seed": cfg.seed}
-    policy = _trainer_group(
+    policy = trainer_group(
         PolicyTrainer, plan.of("policy"), pg, cfg.model, cfg.policy, device, model_path=str(model_path),
         temperature=cfg.rollout.temperature, kl_coef=cfg.algo.kl_coef, kl_estimator=cfg.algo.kl_estimator,
         kl_in_loss=cfg.algo.kl_in == "loss", **common,
     )
-    critic = _trainer_group(
+    critic = trainer_group(
         CriticTrainer, plan.of("critic"), pg, cfg.model, cfg.critic, device, model_path=str(critic_path), **common
     )
     (ref_slot,) = plan.of("reference")
@@ -110,7 +110,7 @@ def _start_judge(cfg: RunConfig, plan: PlacementPlan, pg: Any, device: Device) -
     )
 
 
-def _trainer_group(cls: type, slots: list[Slot], pg: Any, *args: Any, **kwargs: Any) -> list[Any]:
+def trainer_group(cls: type, slots: list[Slot], pg: Any, *args: Any, **kwargs: Any) -> list[Any]:
     """One actor per data-parallel rank; rank 0's node hosts the torch.distributed rendezvous."""
     import ray
 

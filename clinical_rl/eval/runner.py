@@ -66,7 +66,7 @@ def run_eval(cfg: RunConfig, models: Sequence[EvalModelConfig] | None = None) ->
                 replies = chat_in_chunks(backend, [conversation(c, ev) for c in cases], ev, f"{model.label}/{name}")
                 predictions += judge_replies(name, model.label, cases, replies, verifier, ev)
     rows = summarize(predictions, n_resamples=ev.bootstrap_resamples, seed=cfg.seed)
-    out_dir = Path(ev.out_dir or Path(cfg.output_dir) / "eval")
+    out_dir = Path(ev.out_dir or Path(cfg.output_dir) / "eval").resolve()  # chart links relative to the report
     report = write_report(rows, predictions, out_dir)
     _log_to_wandb(cfg, rows, predictions)
     return EvalResult(report, rows, predictions)
@@ -140,12 +140,10 @@ def open_backend(model: EvalModelConfig, cfg: RunConfig) -> Iterator[ChatBackend
     from clinical_rl.config import RolloutConfig
     from clinical_rl.device import Device
     from clinical_rl.models import check_model_dir
+    from clinical_rl.placement import connect_ray
 
     path = check_model_dir(model.path, f"eval.models[{model.label}].path")
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, include_dashboard=False,
-                 object_store_memory=int(cfg.ray.object_store_gib * 1024**3) if cfg.ray.address is None else None)
+    started_ray = connect_ray(cfg.ray)
     device = Device(cfg.device)
     engine_cfg = RolloutConfig(num_cpus=ev.engine_num_cpus, max_model_len=ev.max_model_len,
                                kv_cache_gib=ev.kv_cache_gib)

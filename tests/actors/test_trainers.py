@@ -200,7 +200,7 @@ def test_save_pretrained_roundtrip(policy, tmp_path: Path):
     out = tmp_path / "policy"
     get(policy.save_pretrained.remote(str(out)))
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
-    torch.testing.assert_close(hf_logprobs(str(out), batch, TEMPERATURE), get(policy.logprobs.remote(batch)),
+    torch.testing.assert_close(hf_logprobs(str(out), batch, TEMPERATURE) * batch.response_mask, get(policy.logprobs.remote(batch)),
                                atol=1e-5, rtol=0)
 
 
@@ -249,7 +249,7 @@ def test_zero3_world_size_2_matches_world_size_1(ray_cluster, tiny_model, tmp_pa
     torch.testing.assert_close(lp2[0], lp2[1], atol=0, rtol=0)
     torch.testing.assert_close(lp2[0], lp1, atol=1e-4, rtol=0)
     assert (lp1 - old).abs().max() > 1e-2  # the step did move the policy
-    torch.testing.assert_close(hf_logprobs(str(tmp_path / "ws2"), batch, TEMPERATURE), lp1, atol=1e-4, rtol=0)
+    torch.testing.assert_close(hf_logprobs(str(tmp_path / "ws2"), batch, TEMPERATURE) * batch.response_mask, lp1, atol=1e-4, rtol=0)
 
 
 # --- critic -----------------------------------------------------------------------------------------------------
