@@ -26,7 +26,7 @@ $(STAMP):
 	touch $@
 
 demo: setup
-	$(BIN)/clinical-rl ppo --config configs/demo.yaml
+	$(BIN)/clinical-rl pipeline --config configs/demo.yaml
 
 plan: setup
 	$(BIN)/clinical-rl plan --config configs/demo.yaml

@@ -28,7 +28,7 @@ from clinical_rl.llm_client import OpenAIChat
 from clinical_rl.rewards.cascade import CascadeVerifier
 from clinical_rl.rewards.rule_verifier import RuleVerifier
 from clinical_rl.synthesis.filters import FilterConfig
-from clinical_rl.synthesis.runner import run_synthesis
+from clinical_rl.synthesis.runner import run_synthesis, searcher
 from clinical_rl.synthesis.search import SearchConfig, cascade_verify
 from clinical_rl.synthesis.store import SynthesisStore
 
@@ -67,8 +67,8 @@ def timed_run(base_url: str, model: str, in_flight: int, args: argparse.Namespac
     search = SearchConfig(args.max_depth, args.max_attempts, args.max_tokens, temperature=0.0)
     verify = cascade_verify(CascadeVerifier(RuleVerifier()))
     with tempfile.TemporaryDirectory() as tmp, SynthesisStore(Path(tmp) / "out.jsonl") as store:
-        summary = run_synthesis(cases, backend, verify, store, search_cfg=search, filter_cfg=FilterConfig(),
-                                max_in_flight=in_flight, synthesizer=model)
+        summary = run_synthesis(cases, searcher(backend, verify, search, synthesizer=model), store,
+                                filter_cfg=FilterConfig(), max_in_flight=in_flight)
         calls = sum(json.loads(line)["lineage"]["calls"] for line in store.path.read_text().splitlines())
     if summary.errors or summary.finished != len(cases):
         raise RuntimeError(f"{in_flight} in flight: {summary}")

@@ -190,6 +190,8 @@ class EvalBenchmarkConfig(_Node):
     path: str = Field("builtin", description="'builtin' or a case file (any data.format)")
     format: DataFormat = Field("auto", description="loader, as data.format")
     fields: dict[str, str] = Field(default_factory=dict, description="schema field -> source column")
+    language: Literal["zh", "en"] | None = Field(None, description="as data.language")
+    seed: int | None = Field(None, description="seed of the split and the built-in generator; None: the run's")
     limit: int | None = Field(None, ge=1, description="first N cases (after the split, if any)")
     per_department: int | None = Field(None, ge=1, description="MedBench-Hard-style ICD-stratified split size")
 
@@ -235,7 +237,11 @@ class SynthesisConfig(_Node):
 
     path: str = Field("builtin", description="input cases: 'builtin' or a case file (any data.format)")
     format: DataFormat = Field("auto", description="loader, as data.format")
+    language: Literal["zh", "en"] | None = Field(None, description="as data.language")
     limit: int | None = Field(None, ge=1, description="first N cases in file order")
+    teacher: Literal["search", "knowledge_base"] = Field(
+        "search", description="search: an LLM's verifier-guided search (the paper); knowledge_base: rows written "
+        "from the built-in knowledge base, no LLM (cold start without a strong synthesizer)")
     output: str | None = Field(None, description="output JSONL; default: <output_dir>/synthesis.jsonl")
     model: str = Field("", description="synthesizer model name at the endpoint (required unless engine)")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint; None: api.openai.com")

@@ -55,7 +55,7 @@ def load_cases(
     """Cases from `path` in format `fmt` ('auto': by the shared file's name, else by extension; a directory is `hf`).
 
     `fields` maps schema fields to source columns (generic formats only); `language` overrides every case's
-    language; `limit` keeps the first `limit` cases in file order; `seed` seeds the built-in case generator.
+    language (the built-in cases are generated in that language only); `limit` keeps the first `limit` cases in file order; `seed` seeds the built-in case generator.
     """
     if fmt == "auto":
         fmt = detect_format(path)
@@ -69,7 +69,7 @@ def load_cases(
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     if fmt == "builtin":
-        cases = load_builtin(seed)
+        cases = load_builtin(seed, (language,) if language else ("en", "zh"))
     else:
         file = Path(path)
         if not file.exists():
@@ -103,9 +103,9 @@ def detect_format(path: str | Path) -> str:
                      f"{', '.join(FORMATS)}")
 
 
-def load_builtin(seed: int = 0) -> list[Case]:
+def load_builtin(seed: int = 0, languages: tuple[str, ...] = ("en", "zh")) -> list[Case]:
     """The embedded default dataset: one generated vignette per knowledge-base disease and language."""
-    return generate_cases(seed=seed)
+    return generate_cases(seed=seed, languages=languages)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -75,7 +75,8 @@ def run_eval(cfg: RunConfig, models: Sequence[EvalModelConfig] | None = None) ->
 def load_benchmark(b: EvalBenchmarkConfig, seed: int) -> list[Case]:
     from clinical_rl.eval.splits import build_split
 
-    cases = load_cases(b.path, b.format, b.fields or None, None, None, seed)
+    seed = seed if b.seed is None else b.seed
+    cases = load_cases(b.path, b.format, b.fields or None, b.language, None, seed)
     if b.per_department:
         cases = build_split(cases, b.per_department, seed=seed)
     return cases[: b.limit] if b.limit else cases

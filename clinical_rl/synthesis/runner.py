@@ -34,6 +34,7 @@ from clinical_rl.synthesis.store import SynthesisStore
 log = logging.getLogger(__name__)
 
 Verify = Callable[[str, Case], str]
+Solve = Callable[[Case], SynthesisResult]  # one case -> its row and lineage (the search, or the knowledge-base teacher)
 
 
 @dataclass
@@ -65,13 +66,10 @@ class SynthesisSummary:
                 f"{' (interrupted: rerun to resume)' if self.interrupted else ''}\noutput: {self.output}")
 
 
-def run_synthesis(cases: Sequence[Case], backend: ChatBackend, verify: Verify, store: SynthesisStore, *,
-                  search_cfg: SearchConfig, filter_cfg: FilterConfig, max_in_flight: int = 8,
-                  limiter: RateLimiter | None = None, synthesizer: str = "") -> SynthesisSummary:
-    """Search every case not yet in `store`, `max_in_flight` at a time; append each as it finishes."""
+def run_synthesis(cases: Sequence[Case], solve: Solve, store: SynthesisStore, *, filter_cfg: FilterConfig,
+                  max_in_flight: int = 8) -> SynthesisSummary:
+    """`solve` every case not yet in `store`, `max_in_flight` at a time; append each as it finishes."""
     _check_ids(cases)
-    if limiter is not None:
-        backend = RateLimitedChat(backend, limiter)
     summary = SynthesisSummary(output=str(store.path))
     written = store.done_ids()
     todo = [c for c in cases if c.id not in written]
@@ -80,7 +78,7 @@ def run_synthesis(cases: Sequence[Case], backend: ChatBackend, verify: Verify, s
 
     def work(case: Case) -> None:
         try:
-            results.put((case, search_case(case, backend, verify, search_cfg, synthesizer)))
+            results.put((case, solve(case)))
         except BaseException as err:  # reported, not stored: the case stays to do for the next run
             results.put((case, err))
 
@@ -109,6 +107,14 @@ def run_synthesis(cases: Sequence[Case], backend: ChatBackend, verify: Verify, s
         log.warning("synthesis interrupted: %d cases abandoned in flight, %d not started; rerun to resume",
                     in_flight, len(todo) - started)
     return summary
+
+
+def searcher(backend: ChatBackend, verify: Verify, search_cfg: SearchConfig, limiter: RateLimiter | None = None,
+             synthesizer: str = "") -> Solve:
+    """`solve` by the verifier-guided search over `backend`, every call first taking its share of `limiter`."""
+    if limiter is not None:
+        backend = RateLimitedChat(backend, limiter)
+    return lambda case: search_case(case, backend, verify, search_cfg, synthesizer)
 
 
 def _record(case: Case, outcome: SynthesisResult | BaseException, store: SynthesisStore, filter_cfg: FilterConfig,
@@ -191,20 +197,24 @@ def synthesize(cfg: RunConfig) -> SynthesisSummary:
     from clinical_rl.rewards.cascade import CascadeVerifier
     from clinical_rl.rewards.clinical import JudgeConfig, build_judge
     from clinical_rl.rewards.rule_verifier import RuleVerifier
+    from clinical_rl.synthesis.kb_teacher import teach_case
 
     s = cfg.synthesis
-    if not s.engine and not s.model:  # checked here, not in the config: runs that never synthesize leave it empty
+    if s.teacher == "search" and not s.engine and not s.model:  # not a config check: most runs never synthesize
         raise ValueError("synthesis.model is required for an endpoint (or set synthesis.engine=true)")
-    cases = load_cases(s.path, s.format, limit=s.limit, seed=cfg.seed)
-    judge = build_judge(JudgeConfig.model_validate(s.judge)) if s.judge is not None else None
-    verify = cascade_verify(CascadeVerifier(RuleVerifier(), judge))
-    search_cfg = SearchConfig(max_depth=s.max_depth, max_attempts=s.max_attempts, max_tokens=s.max_tokens,
-                              temperature=s.temperature, seed=cfg.seed)
-    limiter = RateLimiter(s.requests_per_min, s.tokens_per_min) if s.requests_per_min or s.tokens_per_min else None
-    with SynthesisStore(synthesis_output(cfg), restart=s.restart) as store, open_synthesizer(cfg) as (backend, name):
-        return run_synthesis(cases, backend, verify, store, search_cfg=search_cfg,
-                             filter_cfg=s.filters.to_filter_config(), max_in_flight=s.max_in_flight, limiter=limiter,
-                             synthesizer=name)
+    cases = load_cases(s.path, s.format, language=s.language, limit=s.limit, seed=cfg.seed)
+    filter_cfg = s.filters.to_filter_config()
+    with SynthesisStore(synthesis_output(cfg), restart=s.restart) as store:
+        if s.teacher == "knowledge_base":
+            return run_synthesis(cases, teach_case, store, filter_cfg=filter_cfg, max_in_flight=s.max_in_flight)
+        judge = build_judge(JudgeConfig.model_validate(s.judge)) if s.judge is not None else None
+        verify = cascade_verify(CascadeVerifier(RuleVerifier(), judge))
+        search_cfg = SearchConfig(max_depth=s.max_depth, max_attempts=s.max_attempts, max_tokens=s.max_tokens,
+                                  temperature=s.temperature, seed=cfg.seed)
+        limiter = RateLimiter(s.requests_per_min, s.tokens_per_min) if s.requests_per_min or s.tokens_per_min else None
+        with open_synthesizer(cfg) as (backend, name):
+            return run_synthesis(cases, searcher(backend, verify, search_cfg, limiter, name), store,
+                                 filter_cfg=filter_cfg, max_in_flight=s.max_in_flight)
 
 
 def synthesis_output(cfg: RunConfig) -> Path:

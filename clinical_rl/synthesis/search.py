@@ -54,7 +54,7 @@ class SynthesisResult:
 def search_case(case: Case, backend: ChatBackend, verify: Verify, cfg: SearchConfig,
                 synthesizer: str = "") -> SynthesisResult:
     """Search for a reasoning chain the verifier accepts, then rewrite it as natural thinking and a formal response."""
-    started_at = _now()
+    started_at = utc_now()
     run = _Run(case, backend, verify, cfg)
     archived: list[list[str]] = []
     path: list[str] = []
@@ -81,7 +81,7 @@ def search_case(case: Case, backend: ChatBackend, verify: Verify, cfg: SearchCon
         "guided": guided,
         "synthesizer": synthesizer,
         "started_at": started_at,
-        "finished_at": _now(),
+        "finished_at": utc_now(),
         # ChatReply carries no usage counts: characters / 4 is a rough estimate (Chinese runs nearer 1 char a token).
         "approx_tokens_in": run.chars_in // 4,
         "approx_tokens_out": run.chars_out // 4,
@@ -244,5 +244,5 @@ def _reference(case: Case) -> str:
     return case.answer
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

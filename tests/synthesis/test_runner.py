@@ -22,7 +22,7 @@ from clinical_rl.rewards.cascade import CascadeVerifier
 from clinical_rl.rewards.rule_verifier import RuleVerifier
 from clinical_rl.synthesis.filters import FilterConfig
 from clinical_rl.synthesis.rate_limit import RateLimitedChat, RateLimiter
-from clinical_rl.synthesis.runner import BatchingChat, run_synthesis
+from clinical_rl.synthesis.runner import BatchingChat, run_synthesis, searcher
 from clinical_rl.synthesis.search import SearchConfig, cascade_verify
 from clinical_rl.synthesis.store import STATES, SynthesisStore
 
@@ -65,11 +65,11 @@ class ScriptedChat:
         return ChatReply(json.dumps({"CoT": chain}), finish_reason="stop")
 
 
-def run(backend, path: Path, cases=CASES, **kwargs):
+def run(backend, path: Path, cases=CASES, max_in_flight: int = 8, synthesizer: str = ""):
     verify = cascade_verify(CascadeVerifier(RuleVerifier()))
     with SynthesisStore(path) as store:
-        return run_synthesis(cases, backend, verify, store, search_cfg=SearchConfig(1, 1, 64),
-                             filter_cfg=FilterConfig(), **kwargs)
+        return run_synthesis(cases, searcher(backend, verify, SearchConfig(1, 1, 64), synthesizer=synthesizer), store,
+                             filter_cfg=FilterConfig(), max_in_flight=max_in_flight)
 
 
 def records(path: Path) -> list[dict]:
@@ -169,8 +169,8 @@ def test_end_to_end_against_vllm_serve(vllm_server, tmp_path):
     backend = OpenAIChat("smollm2", vllm_server.base_url, timeout_s=120, max_retries=1, max_in_flight=4)
     verify = cascade_verify(CascadeVerifier(RuleVerifier()))
     with SynthesisStore(tmp_path / "out.jsonl") as store:
-        summary = run_synthesis(cases, backend, verify, store, search_cfg=SMALL, filter_cfg=FilterConfig(),
-                                max_in_flight=4, synthesizer="smollm2")
+        summary = run_synthesis(cases, searcher(backend, verify, SMALL, synthesizer="smollm2"), store,
+                                filter_cfg=FilterConfig(), max_in_flight=4)
     rows = records(tmp_path / "out.jsonl")
     assert Counter(r["id"] for r in rows) == Counter(c.id for c in cases)
     assert summary.finished == 10 and summary.errors == 0
