@@ -18,6 +18,7 @@ import torch
 
 from clinical_rl.actors.policy import PolicyTrainer
 from clinical_rl.actors.scoring import next_token_logprobs
+from clinical_rl.actors.trainer_rank import GroupRank
 from clinical_rl.algorithms.losses import ppo_policy_loss
 from clinical_rl.batch import Experience, RolloutBatch, trim_to_content
 from clinical_rl.config import AlgoConfig, ModelConfig, PolicyConfig, RunConfig
@@ -96,8 +97,8 @@ def main() -> None:
     pg, _ = create_placement_group(plan)
     address, port = node_address_and_free_port()  # one node: the driver's is the trainer's
     trainer = ray.remote(PolicyTrainer).options(**actor_options(plan.of("policy")[0], pg)).remote(
-        ModelConfig(path=model_dir, dtype=args.dtype), pcfg, Device("cpu"), model_path=model_dir, rank=0,
-        world_size=1, master_address=address, master_port=port, minibatch_size=algo.minibatch_size,
+        ModelConfig(path=model_dir, dtype=args.dtype), pcfg, Device("cpu"), model_path=model_dir,
+        group=GroupRank(0, 1, address, port), minibatch_size=algo.minibatch_size,
         temperature=1.0, kl_coef=0.0, kl_estimator="k1", kl_in_loss=False, seed=0)
     # The critic's bundle (no critic runs here) has the policy bundle's shape (1 CPU): the bare trainer's slot.
     bare = ray.remote(BareTrainer).options(**actor_options(plan.of("critic")[0], pg)).remote(

@@ -9,17 +9,10 @@ import argparse
 import signal
 import sys
 from collections.abc import Callable
-
 from pathlib import Path
 
-from clinical_rl.config import (
-    ConfigError,
-    EvalBenchmarkConfig,
-    EvalModelConfig,
-    RunConfig,
-    dump_config,
-    load_config,
-)
+from clinical_rl.config import EvalBenchmarkConfig, EvalModelConfig, RunConfig
+from clinical_rl.config_files import ConfigError, dump_config, load_config
 
 
 def _parser() -> argparse.ArgumentParser:

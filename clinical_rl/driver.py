@@ -15,7 +15,9 @@ from torch import Tensor
 from tqdm import trange
 
 from clinical_rl.batch import RolloutBatch, Sample, shard_rows
-from clinical_rl.config import AlgoConfig, RewardConfig, RunConfig, dump_config
+from clinical_rl.checkpoint import Checkpoint, DriverState, latest_checkpoint, restore_trainers, save_checkpoint
+from clinical_rl.config import AlgoConfig, RewardConfig, RunConfig
+from clinical_rl.config_files import dump_config
 from clinical_rl.data.cases import Case
 from clinical_rl.data.loaders import load_cases
 from clinical_rl.data.prompts import render_prompt
@@ -165,6 +167,17 @@ class CaseSampler:
         rows, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
         return [self.cases[i] for i in rows]
 
+    def state_dict(self) -> dict:
+        return {"num_cases": len(self.cases), "order": self.order, "generator": self.generator.get_state().tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue where `state_dict` left off; the cases must be the same list the state was taken over."""
+        if state["num_cases"] != len(self.cases):
+            raise ValueError(f"the checkpoint's data order covers {state['num_cases']} cases, the data now has "
+                             f"{len(self.cases)}: data.* changed since the checkpoint (set resume=false to start over)")
+        self.order = list(state["order"])
+        self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+
 
 def preflight(cfg: RunConfig) -> tuple[Path, Path, list[Case]]:
     """Fail fast, before any actor starts: model directories, reward class, data."""
@@ -178,8 +191,18 @@ def preflight(cfg: RunConfig) -> tuple[Path, Path, list[Case]]:
     )
 
 
+def resume(roles: Roles, checkpoint: Checkpoint, sampler: CaseSampler, tracker: Tracker) -> int:
+    """Trainers, engines, data order and metric history as `checkpoint` left them; returns the next step."""
+    restore_trainers(roles, checkpoint)
+    sampler.load_state_dict(checkpoint.state.sampler)
+    tracker.history = list(checkpoint.state.history)
+    print(f"resumed from {checkpoint.directory} (step {checkpoint.state.step})", flush=True)
+    return checkpoint.state.step + 1
+
+
 def run(cfg: RunConfig) -> RunResult:
-    """Preflight, place and start the roles, run `cfg.steps` RL steps, save the final policy."""
+    """Preflight, place and start the roles, resume from the latest checkpoint if any, run the RL steps up to
+    `cfg.steps` (checkpointing every `save_every`), save the final policy."""
     import ray
     from ray.util.placement_group import remove_placement_group
 
@@ -194,14 +217,20 @@ def run(cfg: RunConfig) -> RunResult:
     roles: Roles | None = None
     try:
         roles = start_roles(cfg, plan, pg, model_path, critic_path)
-        tracker = Tracker(cfg.tracking, out, cfg.model_dump(mode="json"))
+        checkpoint = latest_checkpoint(out) if cfg.resume else None
         sampler = CaseSampler(cases, cfg.algo.rollout_batch_size, cfg.seed)
-        for step in trange(1, cfg.steps + 1, desc="ppo", unit="step"):
+        tracker = Tracker(cfg.tracking, out, cfg.model_dump(mode="json"),
+                          resume_id=checkpoint.state.wandb_id if checkpoint else None)
+        first = 1
+        if checkpoint is not None:
+            first = resume(roles, checkpoint, sampler, tracker)
+        for step in trange(first, cfg.steps + 1, initial=first - 1, total=cfg.steps, desc="ppo", unit="step"):
             step_cases = sampler.next()
             prompts = [render_prompt(roles.tokenizer, c, cfg.data.system_prompt) for c in step_cases]
             tracker.log(rl_step(cfg, roles, step_cases, prompts, step), step)
-            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-                roles.save_policy(out / "checkpoints" / f"step_{step}")
+            if cfg.save_every and step % cfg.save_every == 0:
+                state = DriverState(step, sampler.state_dict(), tracker.history, tracker.run_id, {})
+                save_checkpoint(out, roles, state, cfg.keep_checkpoints)
         policy_dir = roles.save_policy(out / "policy")
         tracker.finish()
         return RunResult(policy_dir=policy_dir, tracking=tracker.location, history=tracker.history)

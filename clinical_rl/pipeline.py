@@ -3,7 +3,7 @@
     synthesize(cases)                  -> output_dir/synthesis.jsonl     (resumes item by item)
     sft(model, synthesis rows)         -> output_dir/sft/                (skipped once complete)
     ppo(sft model)                     -> output_dir/ppo/policy/         (skipped once complete)
-    eval(base, sft, policy)            -> output_dir/eval/report.md
+    eval(base, sft, policy)            -> output_dir/eval/report.md      (skipped once complete)
 
 A stage is complete when its directory holds the `.complete` marker, written only after the stage's last file.
 """
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clinical_rl.config import EvalModelConfig, RunConfig
+from clinical_rl.eval.records import REPORT
 from clinical_rl.models import check_model_dir
 from clinical_rl.placement import connect_ray
 
@@ -69,7 +70,10 @@ def _run_stages(cfg: RunConfig, stages: list[str], out: Path, model: Path) -> Pi
         trained = [EvalModelConfig(label="base", path=cfg.model.path)]
         trained += [EvalModelConfig(label=label, path=str(path))
                     for label, path in (("sft", sft_model), ("sft+rl" if sft_model else "rl", policy)) if path]
-        report = run_eval(cfg, [*trained, *cfg.eval.models]).report
+        eval_dir = Path(cfg.eval.out_dir or out / "eval")
+        eval_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"out_dir": str(eval_dir)})})
+        _stage("eval", eval_dir, lambda: run_eval(eval_cfg, [*trained, *cfg.eval.models]))
+        report = eval_dir / REPORT
     return PipelineResult(synthesis, sft_model, policy, report)
 
 

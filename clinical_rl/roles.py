@@ -15,6 +15,7 @@ from clinical_rl.actors.policy import PolicyTrainer
 from clinical_rl.actors.reference import ReferenceModel
 from clinical_rl.actors.reward import RewardActor
 from clinical_rl.actors.rollout import RolloutEngine
+from clinical_rl.actors.trainer_rank import GroupRank
 from clinical_rl.config import RolloutConfig, RunConfig
 from clinical_rl.models import check_model_dir
 from clinical_rl.device import Device
@@ -120,7 +121,7 @@ def trainer_group(cls: type, slots: list[Slot], pg: Any, *args: Any, **kwargs: A
     return [
         ray.remote(cls)
         .options(**actor_options(slot, pg))
-        .remote(*args, rank=slot.index, world_size=len(slots), master_address=address, master_port=port, **kwargs)
+        .remote(*args, group=GroupRank(slot.index, len(slots), address, port), **kwargs)
         for slot in slots
     ]
 

@@ -50,7 +50,9 @@ class PhaseTimer:
 class Tracker:
     """Logs each step's metrics to W&B and prints a compact line."""
 
-    def __init__(self, cfg: TrackingConfig, run_dir: Path, config: Mapping[str, Any]) -> None:
+    def __init__(self, cfg: TrackingConfig, run_dir: Path, config: Mapping[str, Any],
+                 resume_id: str | None = None) -> None:
+        """`resume_id`: the W&B run a resumed training continues (its later steps append to the same curves)."""
         if cfg.wandb_mode == "online" and not os.environ.get("WANDB_API_KEY"):
             raise ValueError("tracking.wandb_mode=online needs WANDB_API_KEY in the environment")
         self.run = None
@@ -59,9 +61,14 @@ class Tracker:
 
             run_dir.mkdir(parents=True, exist_ok=True)
             self.run = wandb.init(
-                project=cfg.project, name=cfg.run_name, mode=cfg.wandb_mode, dir=str(run_dir), config=dict(config)
+                project=cfg.project, name=cfg.run_name, mode=cfg.wandb_mode, dir=str(run_dir), config=dict(config),
+                id=resume_id, resume="allow" if resume_id else None,
             )
         self.history: list[dict[str, float]] = []
+
+    @property
+    def run_id(self) -> str | None:
+        return None if self.run is None else self.run.id
 
     @property
     def location(self) -> str:
@@ -70,10 +77,12 @@ class Tracker:
             return "W&B disabled"
         return self.run.url or str(Path(self.run.dir).parent)
 
-    def log(self, metrics: Mapping[str, float], step: int) -> None:
+    def log(self, metrics: Mapping[str, float], step: int, console: bool = True) -> None:
         self.history.append(dict(metrics))
         if self.run is not None:
             self.run.log(dict(metrics), step=step)
+        if not console:  # the caller shows its own progress
+            return
         shown = "  ".join(f"{k}={_fmt(metrics[k])}" for k in _CONSOLE_KEYS if k in metrics)
         tqdm.write(f"step {step:>4}  {shown}")
 

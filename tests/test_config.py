@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from clinical_rl.config import ConfigError, RunConfig, dump_config, load_config, parse_overrides
+from clinical_rl.config import RunConfig
+from clinical_rl.config_files import ConfigError, dump_config, load_config, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 

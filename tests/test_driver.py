@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clinical_rl.config import load_config
+from clinical_rl.config_files import load_config
 from tests.candidate_task import K, SYSTEM_PROMPT
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from clinical_rl.config import load_config
+from clinical_rl.config_files import load_config
 from tests.candidate_task import SYSTEM_PROMPT, make_cases, thinking
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """Placement plan: one bundle per actor instance, CPU or GPU bundles from the device, colocation."""
 
-from clinical_rl.config import load_config
+from clinical_rl.config_files import load_config
 from clinical_rl.placement import format_plan, plan_placement
 
 

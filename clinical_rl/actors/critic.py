@@ -13,14 +13,9 @@ from torch import Tensor, nn
 from transformers import AutoModel
 
 from clinical_rl.actors.deepspeed_engine import (
-    backward_step,
-    build_engine,
-    grad_accum_steps,
-    init_distributed,
-    load_hf_model,
-    train_minibatch,
-    save_hf,
+    backward_step, build_engine, grad_accum_steps, load_hf_model, save_hf, train_minibatch,
 )
+from clinical_rl.actors.trainer_rank import GroupRank, TrainerRank
 from clinical_rl.actors.scoring import score_batch, shift_right
 from clinical_rl.algorithms.losses import masked_sum, value_loss
 from clinical_rl.batch import Experience, RolloutBatch, trim_to_content
@@ -62,7 +57,7 @@ def load_value_model(path: str, model: ModelConfig, gradient_checkpointing: bool
     return ValueModel(base, head.to(torch_dtype(model.dtype)))
 
 
-class CriticTrainer:
+class CriticTrainer(TrainerRank):
     """Clipped value-loss updates and value estimates for one rank."""
 
     def __init__(
@@ -72,24 +67,15 @@ class CriticTrainer:
         device: Device,
         *,
         model_path: str,
-        rank: int,
-        world_size: int,
-        master_address: str,
-        master_port: int,
+        group: GroupRank,
         minibatch_size: int,
         seed: int,
     ) -> None:
-        device.setup_process()
-        torch.manual_seed(seed)
-        self.cfg, self.model_path, self.rank, self.world_size = cfg, model_path, rank, world_size
-        self.torch_device = device.torch_device()
-        self.grad_accum = grad_accum_steps(minibatch_size, world_size, cfg.micro_batch_size)
-        init_distributed(device, rank, world_size, master_address, master_port)
+        super().__init__(cfg, device, model_path, group, seed)
+        self.cfg: CriticConfig = cfg
+        self.grad_accum = grad_accum_steps(minibatch_size, group.world_size, cfg.micro_batch_size)
         value_model = load_value_model(model_path, model, cfg.gradient_checkpointing)
         self.engine = build_engine(value_model, cfg, model.dtype, self.grad_accum)
-
-    def ready(self) -> bool:
-        return True
 
     @torch.no_grad()
     def values(self, batch: RolloutBatch) -> Tensor:
@@ -130,6 +116,6 @@ class CriticTrainer:
             "critic/values_mean": masked_sum(values.detach(), mask).item(),
         }
 
-    def save(self, out_dir: str) -> None:
+    def save_pretrained(self, out_dir: str) -> None:
         """Base model as a HF directory plus `value_head.safetensors`. Collective: call every rank."""
         save_hf(self.engine, None, out_dir, self.cfg.zero_stage, hf_prefix="base.", extras_file=VALUE_HEAD_FILE)

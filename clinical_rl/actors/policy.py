@@ -6,21 +6,15 @@ A plain class; the driver wraps it with `ray.remote(...)` at launch (one engine 
 from __future__ import annotations
 
 from collections import deque
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from clinical_rl.actors.deepspeed_engine import (
-    backward_step,
-    build_engine,
-    grad_accum_steps,
-    init_distributed,
-    load_hf_model,
-    train_minibatch,
-    save_hf,
+    backward_step, build_engine, grad_accum_steps, load_hf_model, train_minibatch,
 )
+from clinical_rl.actors.trainer_rank import GroupRank, TrainerRank
 from clinical_rl.actors.scoring import next_token_entropy, next_token_logprobs, score_batch
 from clinical_rl.algorithms.losses import kl_penalty_loss, masked_mean, masked_sum, ppo_policy_loss
 from clinical_rl.batch import Experience, RolloutBatch, trim_to_content
@@ -29,7 +23,7 @@ from clinical_rl.device import Device
 from clinical_rl.weight_sync import WeightSender, iter_full_params, weight_update_info
 
 
-class PolicyTrainer:
+class PolicyTrainer(TrainerRank):
     """PPO / GRPO policy updates, scoring at the sampling temperature, and HF export for one rank."""
 
     def __init__(
@@ -39,10 +33,7 @@ class PolicyTrainer:
         device: Device,
         *,
         model_path: str,
-        rank: int,
-        world_size: int,
-        master_address: str,
-        master_port: int,
+        group: GroupRank,
         minibatch_size: int,
         temperature: float,
         kl_coef: float,
@@ -50,21 +41,14 @@ class PolicyTrainer:
         kl_in_loss: bool,
         seed: int,
     ) -> None:
-        device.setup_process()
-        torch.manual_seed(seed)
-        self.cfg, self.model_path, self.rank, self.world_size = cfg, model_path, rank, world_size
-        self.device = device
+        super().__init__(cfg, device, model_path, group, seed)
+        self.cfg: PolicyConfig = cfg
         self.sender: WeightSender | None = None
-        self.torch_device = device.torch_device()
         self.temperature, self.kl_coef = temperature, kl_coef
         self.kl_estimator, self.kl_in_loss = kl_estimator, kl_in_loss
-        self.grad_accum = grad_accum_steps(minibatch_size, world_size, cfg.micro_batch_size)
-        init_distributed(device, rank, world_size, master_address, master_port)
+        self.grad_accum = grad_accum_steps(minibatch_size, group.world_size, cfg.micro_batch_size)
         hf = load_hf_model(AutoModelForCausalLM, model_path, model, cfg.gradient_checkpointing)
         self.engine = build_engine(hf, cfg, model.dtype, self.grad_accum)
-
-    def ready(self) -> bool:
-        return True
 
     def module(self) -> nn.Module:
         """The (possibly ZeRO-3 partitioned) HF model, for weight sync."""
@@ -152,9 +136,3 @@ class PolicyTrainer:
             self.sender.send(params)
         else:
             deque(params, maxlen=0)
-
-    def save_pretrained(self, out_dir: str) -> None:
-        """Write a HF directory (weights, config, tokenizer). Collective: call every rank; rank 0 writes."""
-        has_tokenizer = (Path(self.model_path) / "tokenizer_config.json").is_file()
-        tokenizer = AutoTokenizer.from_pretrained(self.model_path) if has_tokenizer and self.rank == 0 else None
-        save_hf(self.engine, tokenizer, out_dir, self.cfg.zero_stage)

@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
+from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
-from clinical_rl.actors.deepspeed_engine import backward_step, build_engine, init_distributed, load_hf_model, save_hf
+from clinical_rl.actors.deepspeed_engine import backward_step, build_engine, load_hf_model
+from clinical_rl.actors.trainer_rank import GroupRank, TrainerRank
 from clinical_rl.config import ModelConfig, SFTConfig
 from clinical_rl.device import Device, torch_dtype
 from clinical_rl.sft.packing import PackedBatch, label_loss_sum
 
 
-class SFTTrainer:
+class SFTTrainer(TrainerRank):
     """Next-token cross-entropy on thinking + response tokens, evaluation loss, and HF export for one rank."""
 
     def __init__(
@@ -33,19 +33,14 @@ class SFTTrainer:
         device: Device,
         *,
         model_path: str,
-        rank: int,
-        world_size: int,
-        master_address: str,
-        master_port: int,
+        group: GroupRank,
         steps_per_epoch: int,
         seed: int,
     ) -> None:
-        device.setup_process()
-        torch.manual_seed(seed)
-        self.cfg, self.model_path, self.rank, self.world_size = cfg, model_path, rank, world_size
-        self.torch_device, self.dtype = device.torch_device(), torch_dtype(model.dtype)
+        super().__init__(cfg, device, model_path, group, seed)
+        self.cfg: SFTConfig = cfg
+        self.dtype = torch_dtype(model.dtype)
         self.use_varlen = device.is_gpu  # GPU: flash-attention varlen from position ids; CPU: explicit 4D mask
-        init_distributed(device, rank, world_size, master_address, master_port)
         hf = load_hf_model(AutoModelForCausalLM, model_path, model, cfg.gradient_checkpointing)
         self.engine = build_engine(hf, cfg, model.dtype, grad_accum_steps=1)
         total = cfg.epochs * steps_per_epoch
@@ -53,9 +48,6 @@ class SFTTrainer:
         self.engine.lr_scheduler = get_cosine_schedule_with_warmup(
             self.engine.basic_optimizer, math.ceil(cfg.warmup_ratio * total), total
         )
-
-    def ready(self) -> bool:
-        return True
 
     def _loss_sum(self, batch: PackedBatch) -> torch.Tensor:
         logits = self.engine(**batch.model_inputs(self.use_varlen, self.dtype, self.torch_device)).logits
@@ -67,7 +59,7 @@ class SFTTrainer:
         dist.all_reduce(totals)
         return totals.tolist()
 
-    def train_epoch(self, batches: list[PackedBatch]) -> dict[str, float]:
+    def train_steps(self, batches: list[PackedBatch]) -> dict[str, float]:
         """One optimizer step per batch -> token-mean loss (all ranks), last lr, mean grad norm, tokens/s (rank)."""
         start = time.perf_counter()
         self.engine.train()
@@ -87,6 +79,7 @@ class SFTTrainer:
             "sft/loss": loss_sum / max(label_tokens, 1.0),
             "sft/lr": lr,
             "sft/grad_norm": sum(norms) / max(len(norms), 1),
+            "sft/label_tokens": label_tokens,
             "perf/sft_tokens_per_s": seen_tokens / (time.perf_counter() - start),
         }
 
@@ -97,9 +90,3 @@ class SFTTrainer:
         loss_sum = sum(self._loss_sum(batch).item() for batch in batches)
         loss_sum, label_tokens = self._all_ranks(loss_sum, sum(b.num_label_tokens for b in batches))
         return loss_sum / max(label_tokens, 1.0)
-
-    def save_pretrained(self, out_dir: str) -> None:
-        """Write a HF directory (weights, config, tokenizer). Collective: call every rank; rank 0 writes."""
-        has_tokenizer = (Path(self.model_path) / "tokenizer_config.json").is_file()
-        tokenizer = AutoTokenizer.from_pretrained(self.model_path) if has_tokenizer and self.rank == 0 else None
-        save_hf(self.engine, tokenizer, out_dir, self.cfg.zero_stage)

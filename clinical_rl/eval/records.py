@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+REPORT = "report.md"  # an evaluation's main file, written last
+
 EvalVerdict = Literal["correct", "incorrect", "undecided", "error"]
 GroupKind = Literal["overall", "department", "language"]
 

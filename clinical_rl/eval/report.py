@@ -20,7 +20,7 @@ from typing import Any
 
 from clinical_rl.data.departments import DEPARTMENT_ZH
 from clinical_rl.eval.charts import render_charts
-from clinical_rl.eval.records import GroupRow, Prediction
+from clinical_rl.eval.records import REPORT, GroupRow, Prediction
 from clinical_rl.eval.report_base import (
     atomic_file,
     benchmark_order,
@@ -287,7 +287,7 @@ def write_report(
     _write_text(out_dir / "summary.json", json.dumps(summary, ensure_ascii=False, indent=2, allow_nan=False) + "\n")
     charts = render_charts(rows, chart_dir)
     report = _write_text(
-        out_dir / "report.md", markdown_report(rows, title=title, charts=charts, relative_to=out_dir)
+        out_dir / REPORT, markdown_report(rows, title=title, charts=charts, relative_to=out_dir)
     )
     produced = {p.resolve() for p in charts.values()}
     if chart_dir.is_dir():

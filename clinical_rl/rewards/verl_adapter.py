@@ -16,7 +16,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from clinical_rl.config import RewardConfig, load_config
+from clinical_rl.config import RewardConfig
+from clinical_rl.config_files import load_config
 from clinical_rl.rewards.base import RewardInput
 from clinical_rl.rewards.server import case_from_fields, numeric_details, reward_input
 

@@ -4,7 +4,7 @@
     samples = encode_rows(rows)                            # chat template; loss on thinking + response only
     for epoch in epochs:
         batches = shuffle(make_batches(samples))           # packed, cross-sample attention blocked
-        trainers.train_epoch(batches sharded over ranks)   # DeepSpeed, cosine schedule with warmup
+        trainers.train_steps(batches sharded over ranks)   # DeepSpeed, cosine schedule with warmup; W&B
     trainers.save_pretrained(output_dir / sft)             # loads in transformers and vLLM
 """
 
@@ -14,15 +14,17 @@ import logging
 import random
 from pathlib import Path
 
-from tqdm import trange
+from tqdm import tqdm
 
 from clinical_rl.config import RunConfig
 from clinical_rl.device import Device
 from clinical_rl.placement import PlacementPlan, Slot, create_placement_group
 from clinical_rl.sft.dataset import SFTSample, encode_rows, load_rows
 from clinical_rl.sft.packing import PackedBatch, make_batches
+from clinical_rl.tracking import Tracker
 
 log = logging.getLogger(__name__)
+STEPS_PER_CALL = 8
 
 
 def run_sft(cfg: RunConfig, data_path: Path, model_path: Path, out_dir: Path) -> Path:
@@ -54,11 +56,19 @@ def run_sft(cfg: RunConfig, data_path: Path, model_path: Path, out_dir: Path) ->
     try:
         ranks = trainer_group(SFTTrainer, slots, pg, cfg.model, sft, device, model_path=str(model_path),
                               steps_per_epoch=steps, seed=cfg.seed)
-        for epoch in trange(sft.epochs, desc="sft", unit="epoch"):
-            batches = epoch_batches(encoded.samples, cfg, pad_id, epoch)
-            metrics = ray.get([r.train_epoch.remote(batches[i::sft.world_size][:steps]) for i, r in enumerate(ranks)])
-            log.info("sft epoch %d: %s", epoch + 1, metrics[0])
+        tracker = Tracker(cfg.tracking.model_copy(update={"run_name": f"{cfg.tracking.run_name or 'run'}-sft"}),
+                          out_dir.parent, cfg.model_dump(mode="json"))
+        with tqdm(total=sft.epochs * steps, desc="sft", unit="step") as bar:
+            for epoch in range(sft.epochs):
+                batches = epoch_batches(encoded.samples, cfg, pad_id, epoch)
+                for start in range(0, steps, STEPS_PER_CALL):  # calls of a few steps, so progress shows
+                    metrics = ray.get([r.train_steps.remote(batches[i::sft.world_size][start:start + STEPS_PER_CALL])
+                                       for i, r in enumerate(ranks)])[0]
+                    bar.update(min(STEPS_PER_CALL, steps - start))
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{metrics['sft/loss']:.3f}")
+                    tracker.log({**metrics, "sft/epoch": epoch + 1}, bar.n, console=False)
         ray.get([r.save_pretrained.remote(str(out_dir)) for r in ranks])
+        tracker.finish()
     finally:
         for rank in ranks:
             ray.kill(rank)

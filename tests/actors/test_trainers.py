@@ -20,6 +20,7 @@ from clinical_rl.actors.critic import CriticTrainer, load_value_model
 from clinical_rl.actors.policy import PolicyTrainer
 from clinical_rl.actors.reference import ReferenceModel
 from clinical_rl.actors.scoring import next_token_entropy, next_token_logprobs, token_logprobs
+from clinical_rl.actors.trainer_rank import GroupRank
 from clinical_rl.algorithms.losses import value_loss
 from clinical_rl.batch import Experience, RolloutBatch
 from clinical_rl.config import CriticConfig, ModelConfig, PolicyConfig, ReferenceConfig
@@ -110,10 +111,7 @@ def start_policy(model_dir: str, *, rank: int = 0, world_size: int = 1, port: in
         PolicyConfig(**settings),
         CPU,
         model_path=model_dir,
-        rank=rank,
-        world_size=world_size,
-        master_address="127.0.0.1",
-        master_port=port or free_port(),
+        group=GroupRank(rank, world_size, "127.0.0.1", port or free_port()),
         minibatch_size=4,
         temperature=TEMPERATURE,
         kl_coef=0.1,
@@ -259,8 +257,8 @@ def test_critic_values_alignment_updates_and_save(ray_cluster, tiny_model, tmp_p
     batch = make_batch(seed=6)
     cfg = CriticConfig(lr=1e-3, micro_batch_size=2, clip_value=0.2)
     critic = ray.remote(num_cpus=1)(CriticTrainer).remote(
-        ModelConfig(path=tiny_model), cfg, CPU, model_path=tiny_model, rank=0, world_size=1,
-        master_address="127.0.0.1", master_port=free_port(), minibatch_size=4, seed=0,
+        ModelConfig(path=tiny_model), cfg, CPU, model_path=tiny_model,
+        group=GroupRank(0, 1, "127.0.0.1", free_port()), minibatch_size=4, seed=0,
     )
     changed = make_batch(seed=6)
     t = 6
@@ -275,7 +273,7 @@ def test_critic_values_alignment_updates_and_save(ray_cluster, tiny_model, tmp_p
             exp = replace(make_experience(batch, torch.zeros_like(old), [0.0] * 4, values=old), returns=returns)
             metrics = get(critic.update.remote(exp, torch.arange(4)))
         final = get(critic.values.remote(batch))
-        get(critic.save.remote(str(tmp_path / "critic")))
+        get(critic.save_pretrained.remote(str(tmp_path / "critic")))
     finally:
         ray.kill(critic)
     # values[:, t] = V(state before token t): changing token t changes values from t+1 on, not before.

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from clinical_rl.config import EvalBenchmarkConfig, EvalModelConfig, load_config
+from clinical_rl.config import EvalBenchmarkConfig, EvalModelConfig
+from clinical_rl.config_files import load_config
 from clinical_rl.data.generator import generate_cases
 from clinical_rl.data.prompts import case_text
 from clinical_rl.local_server import free_port

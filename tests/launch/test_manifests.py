@@ -7,7 +7,7 @@ import jsonschema
 import pytest
 import yaml
 
-from clinical_rl.config import load_config
+from clinical_rl.config_files import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT.parent / "shared" / "kuberay"

@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from clinical_rl.actors.sft_trainer import SFTTrainer
+from clinical_rl.actors.trainer_rank import GroupRank
 from clinical_rl.config import ModelConfig, SFTConfig
 from clinical_rl.data.cases import Case
 from clinical_rl.data.generator import generate_cases
@@ -135,8 +136,8 @@ def trainer(model_dir: Path, batches: list[PackedBatch]) -> Iterator[SFTTrainer]
 
     env = dict(os.environ)
     sft = SFTTrainer(
-        ModelConfig(path=str(model_dir)), CFG, Device("cpu"), model_path=str(model_dir), rank=0, world_size=1,
-        master_address="127.0.0.1", master_port=free_port(), steps_per_epoch=len(batches), seed=0,
+        ModelConfig(path=str(model_dir)), CFG, Device("cpu"), model_path=str(model_dir),
+        group=GroupRank(0, 1, "127.0.0.1", free_port()), steps_per_epoch=len(batches), seed=0,
     )
     yield sft
     dist.destroy_process_group()
@@ -157,10 +158,10 @@ def test_sft_lowers_loss_and_saves_a_loadable_model(trainer: SFTTrainer, batches
     assert len(batches) < 16  # rows were packed
     before = trainer.evaluate_loss(batches)
     assert before == pytest.approx(hf_loss(model_dir, batches), abs=1e-5)
-    history = [trainer.train_epoch(batches) for _ in range(CFG.epochs)]
+    history = [trainer.train_steps(batches) for _ in range(CFG.epochs)]
     after = trainer.evaluate_loss(batches)
     assert after < 0.7 * before, (before, after, history)
-    assert set(history[0]) == {"sft/loss", "sft/lr", "sft/grad_norm", "perf/sft_tokens_per_s"}
+    assert set(history[0]) == {"sft/loss", "sft/lr", "sft/grad_norm", "sft/label_tokens", "perf/sft_tokens_per_s"}
     steps, warmup = CFG.epochs * len(batches), 1  # ceil(0.03 * steps) for steps <= 33
     for epoch, metrics in enumerate(history):  # the rate of each epoch's last step: cosine after linear warmup
         progress = ((epoch + 1) * len(batches) - 1 - warmup) / (steps - warmup)

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from clinical_rl.config import load_config
+from clinical_rl.config_files import load_config
 from clinical_rl.data.cases import Case
 from clinical_rl.data.knowledge_base import disease_by_id
 from clinical_rl.data.loaders import load_cases
