@@ -32,7 +32,7 @@ plan: setup
 	$(BIN)/clinical-rl plan --config configs/demo.yaml
 
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=15
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not vllm and not ray"
