@@ -4,6 +4,7 @@ PPO must lift a warmed-up tiny model from ~1/K accuracy (random pick among K nam
 the engines' logprobs matching the trainer's at every step (weight sync) and every metric documented.
 """
 
+import json
 import math
 import re
 from pathlib import Path
@@ -32,15 +33,33 @@ def documented_metrics() -> tuple[set[str], list[str]]:
     return {k for k in keys if "<" not in k}, [k.split("<")[0] for k in keys if "<" in k]
 
 
-def test_ppo_learns_the_candidate_task(task_model, task_cases, tmp_path):
-    from clinical_rl.driver import run
+def test_ppo_learns_the_candidate_task_across_a_resume(task_model, task_cases, tmp_path, capsys):
+    from clinical_rl.checkpoint import latest_checkpoint
+    from clinical_rl.data.loaders import load_cases
+    from clinical_rl.driver import CaseSampler, run
 
-    cfg = task_config(
-        task_model, task_cases, tmp_path / "run", "steps=40", "algo.rollout_batch_size=64", "algo.minibatch_size=32",
-        "algo.ppo_epochs=2", "policy.lr=3e-4", "critic.lr=1e-3", "policy.micro_batch_size=32",
-        "critic.micro_batch_size=32",
-    )
-    result = run(cfg)
+    def config(steps: int):
+        return task_config(
+            task_model, task_cases, tmp_path / "run", f"steps={steps}", "save_every=20", "algo.rollout_batch_size=64",
+            "algo.minibatch_size=32", "algo.ppo_epochs=2", "policy.lr=3e-4", "critic.lr=1e-3",
+            "policy.micro_batch_size=32", "critic.micro_batch_size=32",
+        )
+
+    # Trained in two runs: the second resumes from the first's checkpoint, as after a preemption.
+    first = run(config(20))
+    assert latest_checkpoint(tmp_path / "run").state.optimizer_steps == {"policy": 80, "critic": 80}  # 20 x 2 x 2
+    capsys.readouterr()
+    result = run(config(40))
+    assert "resumed from" in capsys.readouterr().out
+    assert len(result.history) == 40 and result.history[:20] == first.history
+    latest = latest_checkpoint(tmp_path / "run")
+    assert latest.state.step == 40 and latest.state.optimizer_steps == {"policy": 160, "critic": 160}
+    sampler = CaseSampler(load_cases(str(task_cases)), 64, seed=0)
+    for _ in range(40):
+        sampler.next()
+    assert latest.state.sampler == json.loads(json.dumps(sampler.state_dict()))  # the uninterrupted data order
+    assert Path(result.tracking).name.rsplit("-", 1)[-1] == Path(first.tracking).name.rsplit("-", 1)[-1]  # W&B run
+
     accuracy = [h["reward/correct"] for h in result.history]
     assert 0.5 / K < accuracy[0] < 2.0 / K, accuracy  # the warm start picks at random among K candidates
     assert sum(accuracy[-3:]) / 3 >= 0.8, accuracy
@@ -50,7 +69,7 @@ def test_ppo_learns_the_candidate_task(task_model, task_cases, tmp_path):
         for key, value in step.items():
             assert key in exact or any(key.startswith(p) for p in prefixes), f"{key} is not in docs/metrics.md"
             assert math.isfinite(value), (key, value)
-        # fp32: the engines sample with exactly the weights the trainer scores with
+        # fp32: the engines sample with exactly the weights the trainer scores with (after the resume too)
         assert step["rollout/logp_mismatch"] < 1e-3
     assert {"timing/generate", "timing/reward", "timing/logprobs", "timing/train", "timing/sync"} <= set(step)
     assert Path(result.tracking).is_dir() and list(Path(result.tracking).glob("*.wandb"))
