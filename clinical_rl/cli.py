@@ -13,6 +13,7 @@ from pathlib import Path
 
 from clinical_rl.config import EvalBenchmarkConfig, EvalModelConfig, RunConfig
 from clinical_rl.config_files import ConfigError, dump_config, load_config
+from clinical_rl.rewards.server_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_FIELD_CHARS, DEFAULT_MAX_ITEMS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="PATH, LABEL=PATH, or LABEL=openai:MODEL@BASE_URL (repeatable; replaces eval.models)")
     ev.add_argument("--benchmark", action="append", default=[], metavar="SPEC",
                     help="builtin, PATH or NAME=PATH (repeatable; replaces eval.benchmarks)")
+    ev.add_argument("--fields", metavar="YAML", default=None,
+                    help="field mapping of every --benchmark, as eval.benchmarks[].fields, e.g. "
+                         "'{question: {template: \"{age} {sex}. Symptoms: {symptoms}\", join: \"; \"}, answer: dx}'")
     ev.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.max_new_tokens=256")
     synth = sub.add_parser("synth", help="synthesize long chain-of-thought SFT data by verifier-guided search")
     synth.add_argument("--config", help="YAML config file; its synthesis section (and eval, for engines) is used")
@@ -48,7 +52,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="EOS text to cut off the end of each response (repeatable; default: common EOS tokens; "
                             "--strip-suffix '' cuts nothing)")
     serve.add_argument("--concurrency", type=int, default=1, help="reward class instances serving requests at once")
+    serve.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, metavar="N",
+                       help="request body cap, answered 413 before parsing (default: 4 MiB)")
+    serve.add_argument("--max-field-chars", type=int, default=DEFAULT_MAX_FIELD_CHARS, metavar="N",
+                       help="characters per query / prompt / label text, answered 413 naming it (default: 65536)")
+    serve.add_argument("--max-items", type=int, default=DEFAULT_MAX_ITEMS, metavar="N",
+                       help="samples per request, answered 413 (default: 1024)")
     serve.add_argument("overrides", nargs="*", help="dotted overrides, e.g. reward.timeout_s=30")
+    audit = sub.add_parser("verifier-audit", help="score labelled (reference, prediction) pairs with reward.cls, "
+                           "locally: per-kind precision, recall, coverage; exit 1 on any false positive")
+    audit.add_argument("--pairs", required=True, metavar="FILE",
+                       help="labelled-pairs JSONL: reference, prediction, label, kind (clinical_rl/rewards/audit.py)")
+    audit.add_argument("--config", help="YAML config file; only its reward section is used")
+    audit.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    audit.add_argument("overrides", nargs="*", help="dotted overrides, e.g. reward.kwargs.min_overlap=0.2")
     return parser
 
 
@@ -68,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         return _plan(cfg)
     if args.command == "serve-reward":
         return _serve_reward(cfg, args)
+    if args.command == "verifier-audit":
+        return _verifier_audit(cfg, args)
     if args.command == "eval":
         return _eval(cfg, args)
     if args.command == "synth":
@@ -92,8 +111,11 @@ def _eval(cfg: RunConfig, args: argparse.Namespace) -> int:
         update = {}
         if args.model:
             update["models"] = [parse_model_spec(spec) for spec in args.model]
+        if args.fields is not None and not args.benchmark:
+            raise ValueError("--fields applies to the --benchmark files (for eval.benchmarks, set their fields)")
         if args.benchmark:
-            update["benchmarks"] = [parse_benchmark_spec(spec) for spec in args.benchmark]
+            fields = parse_fields_arg(args.fields) if args.fields is not None else {}
+            update["benchmarks"] = [parse_benchmark_spec(spec, fields) for spec in args.benchmark]
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update=update)})
         result = run_eval(cfg)
     except (ValueError, FileNotFoundError) as err:
@@ -114,12 +136,30 @@ def parse_model_spec(spec: str) -> EvalModelConfig:
     return EvalModelConfig(label=label, path=target)
 
 
-def parse_benchmark_spec(spec: str) -> EvalBenchmarkConfig:
-    """`builtin`, `PATH` (named by its file stem) or `NAME=PATH`."""
+def parse_benchmark_spec(spec: str, fields: dict | None = None) -> EvalBenchmarkConfig:
+    """`builtin`, `PATH` (named by its file stem) or `NAME=PATH`, read with the field mapping `fields`."""
     name, sep, path = spec.partition("=")
     if not sep:
         name, path = (spec if spec == "builtin" else Path(spec).stem), spec
-    return EvalBenchmarkConfig(name=name, path=path)
+    return EvalBenchmarkConfig(name=name, path=path, fields=fields or {})
+
+
+def parse_fields_arg(text: str) -> dict:
+    """`--fields YAML` -> a validated field mapping (`data/fields.py`).
+
+    Raises:
+        ValueError: not YAML, or not a valid mapping; the message starts with `--fields` and names the key.
+    """
+    import yaml
+
+    from clinical_rl.data.fields import parse_fields
+
+    try:
+        return parse_fields(yaml.safe_load(text))
+    except yaml.YAMLError as err:
+        raise ValueError(f"--fields: not YAML ({err})") from None
+    except ValueError as err:
+        raise ValueError(f"--fields: {err}") from None
 
 
 def _run_job(job: Callable[[], object]) -> int:
@@ -169,16 +209,33 @@ def _serve_reward(cfg: RunConfig, args: argparse.Namespace) -> int:
     import logging
 
     from clinical_rl.rewards.server import DEFAULT_STRIP_SUFFIXES, serve
+    from clinical_rl.rewards.server_limits import ServerLimits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     suffixes = DEFAULT_STRIP_SUFFIXES if args.strip_suffix is None else tuple(s for s in args.strip_suffix if s)
     try:
+        limits = ServerLimits(args.max_body_bytes, args.max_field_chars, args.max_items)
         serve(cfg.reward, host=args.host, port=args.port, failed_reward=args.failed_reward, suffixes=suffixes,
-              concurrency=args.concurrency)
-    except ValueError as err:  # unusable reward.cls / kwargs, bad --failed-reward: before anything binds
+              concurrency=args.concurrency, limits=limits)
+    except ValueError as err:  # unusable reward.cls / kwargs, bad --failed-reward or limit: before anything binds
         print(f"clinical-rl: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _verifier_audit(cfg: RunConfig, args: argparse.Namespace) -> int:
+    """0: no false positive; 1: at least one (CI gates on it); 2: unreadable pairs file or unusable reward."""
+    import json
+
+    from clinical_rl.rewards.audit import audit_locally
+
+    try:
+        report = audit_locally(cfg.reward, args.pairs)
+    except ValueError as err:
+        print(f"clinical-rl: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_json(), ensure_ascii=False, indent=2) if args.json else report.table())
+    return 1 if report.false_positives else 0
 
 
 def _ppo(cfg: RunConfig) -> int:

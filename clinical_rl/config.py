@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from clinical_rl.data.fields import CaseFields
 from clinical_rl.device import DeviceKind, DTypeName
 from clinical_rl.synthesis.filters import FilterConfig
 
@@ -97,6 +98,13 @@ class JudgeEngineConfig(_Node):
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="GPU memory fraction")
 
 
+class RewardAuditConfig(_Node):
+    """Live verifier audit (rewards/audit.py): a labelled-pairs file scored through the reward actors."""
+
+    pairs: str = Field(description="labelled-pairs JSONL: reference, prediction, label, kind (rewards/audit.py)")
+    every: int = Field(10, ge=1, description="score the pairs every N PPO steps; logged as audit/* at that step")
+
+
 class RewardConfig(_Node):
     cls: str = Field("clinical_rl.rewards.clinical:ClinicalReward", description="reward class, module:Class")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="constructor arguments of the reward class")
@@ -106,6 +114,8 @@ class RewardConfig(_Node):
     max_retries: int = Field(2, ge=0, description="retries after a failed or timed-out call")
     max_failed_frac: float = Field(0.5, ge=0, le=1, description="abort the step above this failed fraction")
     judge_engine: JudgeEngineConfig | None = Field(None, description="start an in-cluster judge engine actor")
+    audit: RewardAuditConfig | None = Field(
+        None, description="verifier audit during training; warns on any false positive (label false, judged correct)")
 
 
 class AlgoConfig(_Node):
@@ -147,23 +157,30 @@ DataFormat = Literal[
 ]
 
 
+FIELDS_HELP = ("schema field -> source column, null (not read), {column, join, values} (renamed column, list joined, "
+               "values replaced) or {template: '{col} ...', join, values} (text from columns); generic formats only; "
+               "see data/fields.py")
+
+
+def _check_fields_format(fields: dict[str, Any], fmt: str, where: str) -> None:
+    """Raises ValueError when `fields` is given for a named format (their columns are fixed)."""
+    from clinical_rl.data.loaders import GENERIC_FORMATS
+
+    if fields and fmt not in (*GENERIC_FORMATS, "auto"):
+        raise ValueError(f"{where}.fields applies only to the formats {', '.join(GENERIC_FORMATS)}")
+
+
 class DataConfig(_Node):
     path: str = Field("builtin", description="'builtin', a JSONL/JSON/CSV/Parquet file or a saved HF dataset dir")
     format: DataFormat = Field("auto", description="loader (data/loaders.py); auto: by shared file name or extension")
-    fields: dict[str, str] = Field(default_factory=dict, description="schema field -> source column (generic formats)")
+    fields: CaseFields = Field(default_factory=dict, description=FIELDS_HELP)
     language: Literal["zh", "en"] | None = Field(None, description="override every case's language")
     limit: int | None = Field(None, ge=1, description="keep the first N cases in file order")
     system_prompt: str | None = Field(None, description="override the built-in think-then-answer instruction")
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
-        from clinical_rl.data.loaders import GENERIC_FORMATS, SCHEMA_FIELDS
-
-        unknown = sorted(set(self.fields) - set(SCHEMA_FIELDS))
-        if unknown:
-            raise ValueError(f"data.fields: unknown schema fields {unknown}; valid: {', '.join(SCHEMA_FIELDS)}")
-        if self.fields and self.format not in (*GENERIC_FORMATS, "auto"):
-            raise ValueError(f"data.fields applies only to the formats {', '.join(GENERIC_FORMATS)}")
+        _check_fields_format(self.fields, self.format, "data")
         return self
 
 
@@ -175,6 +192,8 @@ class EvalModelConfig(_Node):
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     model: str | None = Field(None, description="model name at the endpoint")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoint's key")
+    tokenizer: str | None = Field(None, description="endpoint: tokenizer dir of the served model, to read whether "
+                                  "its chat template opens <think> (without it: assumed not)")
 
     @model_validator(mode="after")
     def _check(self) -> EvalModelConfig:
@@ -187,11 +206,16 @@ class EvalBenchmarkConfig(_Node):
     name: str = Field(description="name in tables and charts")
     path: str = Field("builtin", description="'builtin' or a case file (any data.format)")
     format: DataFormat = Field("auto", description="loader, as data.format")
-    fields: dict[str, str] = Field(default_factory=dict, description="schema field -> source column")
+    fields: CaseFields = Field(default_factory=dict, description=f"as data.fields: {FIELDS_HELP}")
     language: Literal["zh", "en"] | None = Field(None, description="as data.language")
     seed: int | None = Field(None, description="seed of the split and the built-in generator; None: the run's")
     limit: int | None = Field(None, ge=1, description="first N cases (after the split, if any)")
     per_department: int | None = Field(None, ge=1, description="MedBench-Hard-style ICD-stratified split size")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalBenchmarkConfig:
+        _check_fields_format(self.fields, self.format, f"eval.benchmarks[{self.name}]")
+        return self
 
 
 class EvalConfig(_Node):
@@ -235,6 +259,7 @@ class SynthesisConfig(_Node):
 
     path: str = Field("builtin", description="input cases: 'builtin' or a case file (any data.format)")
     format: DataFormat = Field("auto", description="loader, as data.format")
+    fields: CaseFields = Field(default_factory=dict, description=f"as data.fields: {FIELDS_HELP}")
     language: Literal["zh", "en"] | None = Field(None, description="as data.language")
     limit: int | None = Field(None, ge=1, description="first N cases in file order")
     teacher: Literal["search", "knowledge_base"] = Field(

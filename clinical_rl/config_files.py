@@ -48,6 +48,10 @@ def _yaml_line(text: str, loc: tuple[str | int, ...]) -> int | None:
     node = yaml.compose(text)
     line = None
     for part in loc:
+        if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]  # a list item (eval.benchmarks.0): its own line
+            line = node.start_mark.line + 1
+            continue
         if not isinstance(node, yaml.MappingNode):
             break
         match = next(((k, v) for k, v in node.value if k.value == str(part)), None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -20,10 +21,11 @@ from clinical_rl.config import AlgoConfig, RewardConfig, RunConfig
 from clinical_rl.config_files import dump_config
 from clinical_rl.data.cases import Case
 from clinical_rl.data.loaders import load_cases
-from clinical_rl.data.prompts import render_prompt
+from clinical_rl.data.prompts import prompt_opens_think, render_prompt
 from clinical_rl.experience import experience_metrics, make_experience
 from clinical_rl.models import check_model_dir
 from clinical_rl.placement import connect_ray, create_placement_group, format_plan, plan_placement
+from clinical_rl.rewards.audit import AuditPair, live_audit, load_pairs
 from clinical_rl.rewards.base import RewardInput, RewardResult, load_reward_class
 from clinical_rl.roles import Roles, start_roles, stop_roles
 from clinical_rl.tracking import PhaseTimer, Tracker
@@ -80,14 +82,20 @@ def generate(roles: Roles, cases: list[Case], prompts: list[str], n: int) -> Rol
 
 
 def score_rewards(roles: Roles, batch: RolloutBatch, cfg: RewardConfig) -> list[RewardResult]:
-    """Score on the reward actors; an actor that dies or overruns its deadline yields error/timeout results."""
+    """Score a rollout batch on the reward actors, one result per sample in batch order."""
+    lengths = batch.response_lengths.long().tolist()
+    # The prompts were rendered by the policy's chat template: one ending in `<think>` means the template opened it.
+    items = [RewardInput(p, r, c.answer, c, n, think_opened=prompt_opens_think(p))
+             for p, r, c, n in zip(batch.prompts, batch.responses, batch.cases, lengths)]
+    return score_on_actors(roles, items, cfg)
+
+
+def score_on_actors(roles: Roles, items: list[RewardInput], cfg: RewardConfig) -> list[RewardResult]:
+    """Split `items` over the reward actors; an actor that dies or overruns its deadline yields error/timeout
+    results."""
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError
 
-    lengths = batch.response_lengths.long().tolist()
-    items = [
-        RewardInput(p, r, c.answer, c, n) for p, r, c, n in zip(batch.prompts, batch.responses, batch.cases, lengths)
-    ]
     chunks = [items[i :: len(roles.rewards)] for i in range(len(roles.rewards))]
     refs = [actor.score.remote(chunk) for actor, chunk in zip(roles.rewards, chunks)]
     # The actor enforces per-call timeouts itself; this deadline only catches a hung or dead actor.
@@ -179,23 +187,28 @@ class CaseSampler:
         self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
 
 
-def preflight(cfg: RunConfig) -> tuple[Path, Path, list[Case]]:
-    """Fail fast, before any actor starts: model directories, reward class, data."""
+def preflight(cfg: RunConfig) -> tuple[Path, Path, list[Case], list[AuditPair]]:
+    """Fail fast, before any actor starts: model directories, reward class, audit pairs, data."""
     model_path = check_model_dir(cfg.model.path, "model.path")
     critic_path = check_model_dir(cfg.critic.init_from, "critic.init_from") if cfg.critic.init_from else model_path
     load_reward_class(cfg.reward.cls)
     if cfg.reward.judge_engine is not None:
         check_model_dir(cfg.reward.judge_engine.model, "reward.judge_engine.model")
-    return model_path, critic_path, load_cases(
-        cfg.data.path, cfg.data.format, cfg.data.fields, cfg.data.language, cfg.data.limit, cfg.seed
-    )
+    audit_pairs: list[AuditPair] = []
+    if cfg.reward.audit is not None:
+        try:
+            audit_pairs = load_pairs(cfg.reward.audit.pairs)
+        except ValueError as err:
+            raise ValueError(f"reward.audit.pairs: {err}") from None
+    cases = load_cases(cfg.data.path, cfg.data.format, cfg.data.fields, cfg.data.language, cfg.data.limit, cfg.seed)
+    return model_path, critic_path, cases, audit_pairs
 
 
 def resume(roles: Roles, checkpoint: Checkpoint, sampler: CaseSampler, tracker: Tracker) -> int:
     """Trainers, engines, data order and metric history as `checkpoint` left them; returns the next step."""
     restore_trainers(roles, checkpoint)
     sampler.load_state_dict(checkpoint.state.sampler)
-    tracker.history = list(checkpoint.state.history)
+    tracker.restore(checkpoint.state.history)
     print(f"resumed from {checkpoint.directory} (step {checkpoint.state.step})", flush=True)
     return checkpoint.state.step + 1
 
@@ -206,7 +219,7 @@ def run(cfg: RunConfig) -> RunResult:
     import ray
     from ray.util.placement_group import remove_placement_group
 
-    model_path, critic_path, cases = preflight(cfg)
+    model_path, critic_path, cases, audit_pairs = preflight(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(cfg))
@@ -220,14 +233,18 @@ def run(cfg: RunConfig) -> RunResult:
         checkpoint = latest_checkpoint(out) if cfg.resume else None
         sampler = CaseSampler(cases, cfg.algo.rollout_batch_size, cfg.seed)
         tracker = Tracker(cfg.tracking, out, cfg.model_dump(mode="json"),
-                          resume_id=checkpoint.state.wandb_id if checkpoint else None)
+                          resume_id=checkpoint.state.wandb_id if checkpoint else None,
+                          metrics_file=out / "metrics.jsonl")
         first = 1
         if checkpoint is not None:
             first = resume(roles, checkpoint, sampler, tracker)
         for step in trange(first, cfg.steps + 1, initial=first - 1, total=cfg.steps, desc="ppo", unit="step"):
             step_cases = sampler.next()
             prompts = [render_prompt(roles.tokenizer, c, cfg.data.system_prompt) for c in step_cases]
-            tracker.log(rl_step(cfg, roles, step_cases, prompts, step), step)
+            metrics = rl_step(cfg, roles, step_cases, prompts, step)
+            if cfg.reward.audit is not None and step % cfg.reward.audit.every == 0:
+                metrics |= live_audit(audit_pairs, partial(score_on_actors, roles, cfg=cfg.reward), cfg.reward, step)
+            tracker.log(metrics, step)
             if cfg.save_every and step % cfg.save_every == 0:
                 state = DriverState(step, sampler.state_dict(), tracker.history, tracker.run_id, {})
                 save_checkpoint(out, roles, state, cfg.keep_checkpoints)

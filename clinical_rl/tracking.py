@@ -1,7 +1,9 @@
-"""Metrics: W&B (offline unless configured online with a key in the environment), the console, phase timers."""
+"""Metrics: W&B (offline unless configured online with a key in the environment), a JSONL file, the console,
+phase timers."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -48,11 +50,13 @@ class PhaseTimer:
 
 
 class Tracker:
-    """Logs each step's metrics to W&B and prints a compact line."""
+    """Logs each step's metrics to W&B and to `metrics_file`, and prints a compact line."""
 
     def __init__(self, cfg: TrackingConfig, run_dir: Path, config: Mapping[str, Any],
-                 resume_id: str | None = None) -> None:
-        """`resume_id`: the W&B run a resumed training continues (its later steps append to the same curves)."""
+                 resume_id: str | None = None, metrics_file: Path | None = None) -> None:
+        """`resume_id`: the W&B run a resumed training continues (its later steps append to the same curves).
+        `metrics_file`: JSONL, one `{"step": N, <metric>: value, ...}` line per `log` call (non-finite values as
+        null), started empty; `restore` rewrites it from a checkpoint's history."""
         if cfg.wandb_mode == "online" and not os.environ.get("WANDB_API_KEY"):
             raise ValueError("tracking.wandb_mode=online needs WANDB_API_KEY in the environment")
         self.run = None
@@ -65,6 +69,10 @@ class Tracker:
                 id=resume_id, resume="allow" if resume_id else None,
             )
         self.history: list[dict[str, float]] = []
+        self.metrics_file = metrics_file
+        if metrics_file is not None:
+            metrics_file.parent.mkdir(parents=True, exist_ok=True)
+            metrics_file.write_text("")
 
     @property
     def run_id(self) -> str | None:
@@ -77,8 +85,17 @@ class Tracker:
             return "W&B disabled"
         return self.run.url or str(Path(self.run.dir).parent)
 
+    def restore(self, history: list[dict[str, float]]) -> None:
+        """Continue after a checkpoint whose history holds steps 1..len(history), one entry each."""
+        self.history = [dict(h) for h in history]
+        if self.metrics_file is not None:
+            self.metrics_file.write_text("".join(_json_line(step, h) for step, h in enumerate(history, start=1)))
+
     def log(self, metrics: Mapping[str, float], step: int, console: bool = True) -> None:
         self.history.append(dict(metrics))
+        if self.metrics_file is not None:
+            with self.metrics_file.open("a") as f:
+                f.write(_json_line(step, metrics))
         if self.run is not None:
             self.run.log(dict(metrics), step=step)
         if not console:  # the caller shows its own progress
@@ -89,6 +106,11 @@ class Tracker:
     def finish(self) -> None:
         if self.run is not None:
             self.run.finish()
+
+
+def _json_line(step: int, metrics: Mapping[str, float]) -> str:
+    values = {k: v if math.isfinite(v) else None for k, v in metrics.items()}
+    return json.dumps({"step": step, **values}, ensure_ascii=False) + "\n"
 
 
 def _fmt(value: float) -> str:

@@ -35,3 +35,12 @@ def test_plan_prints_config_and_bundles():
     assert out.returncode == 0, out.stderr
     assert "num_engines: 2" in out.stdout
     assert "rollout[1]" in out.stdout and "policy[0]" in out.stdout and "reward[0]" in out.stdout
+
+
+def test_bad_audit_pairs_file_is_named_before_anything_starts(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"reference": "Acute appendicitis", "prediction": "appendicitis", "label": "yes", "kind": "x"}\n')
+    out = cli("ppo", "--config", "configs/demo.yaml", f"reward.audit.pairs={pairs}", f"output_dir={tmp_path / 'run'}")
+    assert out.returncode == 2
+    assert f"reward.audit.pairs: {pairs}:1: label: Input should be a valid boolean" in out.stderr
+    assert not (tmp_path / "run").exists()  # failed in preflight: no output, no Ray

@@ -43,6 +43,7 @@ def test_ppo_learns_the_candidate_task_across_a_resume(task_model, task_cases, t
             task_model, task_cases, tmp_path / "run", f"steps={steps}", "save_every=20", "algo.rollout_batch_size=64",
             "algo.minibatch_size=32", "algo.ppo_epochs=2", "policy.lr=3e-4", "critic.lr=1e-3",
             "policy.micro_batch_size=32", "critic.micro_batch_size=32",
+            f"reward.audit.pairs={ROOT / 'tests' / 'rewards' / 'data' / 'audit_pairs.jsonl'}", "reward.audit.every=10",
         )
 
     # Trained in two runs: the second resumes from the first's checkpoint, as after a preemption.
@@ -73,6 +74,17 @@ def test_ppo_learns_the_candidate_task_across_a_resume(task_model, task_cases, t
         assert step["rollout/logp_mismatch"] < 1e-3
     assert {"timing/generate", "timing/reward", "timing/logprobs", "timing/train", "timing/sync"} <= set(step)
     assert Path(result.tracking).is_dir() and list(Path(result.tracking).glob("*.wandb"))
+
+    # metrics.jsonl: one line per step across the resume; the verifier audit at every 10th step, the same each time
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == list(range(1, 41))
+    audits = [line for line in lines if "audit/accuracy" in line]
+    assert [line["step"] for line in audits] == [10, 20, 30, 40]
+    assert all(result.history[line["step"] - 1]["audit/accuracy"] == line["audit/accuracy"] for line in audits)
+    keys = [k for k in audits[0] if k.startswith("audit/")]
+    assert {"audit/coverage", "audit/false_positives", "audit/kind/exact/accuracy"} <= set(keys)
+    assert all({k: line[k] for k in keys} == {k: audits[0][k] for k in keys} for line in audits)
+    assert 0 < audits[0]["audit/accuracy"] <= 1 and audits[0]["audit/kind/exact/accuracy"] == 1.0
 
     from transformers import AutoModelForCausalLM
 

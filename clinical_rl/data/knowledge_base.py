@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from clinical_rl.data.departments import Department, department_of
 from clinical_rl.rewards.answer_format import normalize_answer
+from clinical_rl.rewards.name_forms import canonical
 
 DEFAULT_PATH = Path(__file__).with_name("diseases.yaml")
 Sex = Literal["any", "male", "female"]
@@ -189,6 +190,42 @@ def _check_unique(file: Path, diseases: list[Disease]) -> None:
                     raise ValueError(f"{where}: field 'synonyms': {name!r} also names {names[key]!r}")
 
 
+# Words and characters that may surround a synonym inside a longer name without making that name a narrower kind.
+_NOT_NARROWING_EN = frozenset("disease mellitus syndrome disorder of the".split())
+_NOT_NARROWING_ZH = frozenset("症病")
+
+
+def _check_no_umbrella(file: Path, diseases: list[Disease]) -> None:
+    """Refuse umbrella synonyms: a verifier pays any whole-name synonym as the disease, so a synonym broader than
+    its disease ("pneumonia" for community-acquired pneumonia) or the head term of another disease's name
+    (高血压 inside 原发性高血压) would pay every kind of it. A synonym is an umbrella when it sits inside the
+    disease's own name, or any name of another disease, with a narrowing qualifier around it (English: as whole
+    words; Chinese: as the name's ending, where the head noun stands)."""
+    for index, disease in enumerate(diseases):
+        for language in ("en", "zh"):
+            wider = [(disease.id, disease.name.get(language))] + [
+                (other.id, name) for other in diseases if other.id != disease.id for name in other.names(language)]
+            for synonym in disease.synonyms.get(language):
+                for owner, name in wider:
+                    if narrows(canonical(synonym), canonical(name), language):
+                        raise ValueError(
+                            f"{file}: entry {index} (id {disease.id!r}): field 'synonyms': {synonym!r} is an umbrella "
+                            f"term: it is part of {name!r} ({owner}), so it would also name other kinds of it")
+
+
+def narrows(synonym: str, name: str, language: str) -> bool:
+    """True when `name` is `synonym` plus a narrowing qualifier (negations such as non-/非 make an opposite)."""
+    if synonym == name:
+        return False
+    if language == "zh":
+        return name.endswith(synonym) and not set(name[: -len(synonym)]) <= _NOT_NARROWING_ZH | {"非"}
+    words, inner = name.split(), synonym.split()
+    if not any(words[i : i + len(inner)] == inner for i in range(len(words) - len(inner) + 1)):
+        return False
+    extra = set(words) - set(inner)
+    return not extra <= _NOT_NARROWING_EN and extra != {"non"}
+
+
 def _load(file: Path) -> tuple[Disease, ...]:
     try:
         raw = yaml.safe_load(file.read_text(encoding="utf-8"))
@@ -205,6 +242,7 @@ def _load(file: Path) -> tuple[Disease, ...]:
             field = ".".join(str(part) for part in first["loc"]) or "entry"
             raise ValueError(f"{file}: {_entry(index, entry)}: field {field!r}: {first['msg']}") from None
     _check_unique(file, diseases)
+    _check_no_umbrella(file, diseases)
     return tuple(diseases)
 
 

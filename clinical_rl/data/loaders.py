@@ -6,7 +6,9 @@ record is (JSONL: the physical line; JSON: the line where the record starts; CSV
 Parquet and HF datasets: the row index) and the field. Rows are skipped only by an explicit, documented rule
 (CMB-Clin cases without a diagnosis question), and the count and reason of every skip is logged.
 
-Generic formats take a field mapping `{schema_field: source_column}`; unmapped fields read the column of the same
+Generic formats take a field mapping (`fields.py`): `{schema_field: source_column}`, or per field `null` (not read),
+`{column: ..., join: ..., values: {...}}` (a renamed column; a list joined, values replaced) or `{template: "{age}
+{sex}. Symptoms: {symptoms}", join: "; "}` (text composed from columns); unmapped fields read the column of the same
 name, and absent optional columns leave the field at its default.
 """
 
@@ -18,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from clinical_rl.data.cases import Case
+from clinical_rl.data.fields import SCHEMA_FIELDS, FieldSpec, parse_fields
 from clinical_rl.data.generator import generate_cases
 from clinical_rl.data.public_datasets import (
     load_cmb_clin,
@@ -41,21 +44,26 @@ SHARED_FILES = {
     "medrbench_diagnosis_100.json": "medrbench",
 }
 EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-SCHEMA_FIELDS = tuple(f.name for f in dataclasses.fields(Case))
 
 
 def load_cases(
     path: str | Path,
     fmt: str = "auto",
-    fields: Mapping[str, str] | None = None,
+    fields: Mapping[str, FieldSpec | Mapping[str, object]] | None = None,
     language: str | None = None,
     limit: int | None = None,
     seed: int = 0,
 ) -> list[Case]:
     """Cases from `path` in format `fmt` ('auto': by the shared file's name, else by extension; a directory is `hf`).
 
-    `fields` maps schema fields to source columns (generic formats only); `language` overrides every case's
-    language (the built-in cases are generated in that language only); `limit` keeps the first `limit` cases in file order; `seed` seeds the built-in case generator.
+    `fields` maps schema fields to source columns, `None`, or `FieldMapping`s or their dicts (generic formats
+    only); `language` overrides every case's language (the built-in cases are generated in that language only);
+    `limit` keeps the first `limit` cases in file order; `seed` seeds the built-in case generator.
+
+    Raises:
+        ValueError: an unknown format or language, a bad field mapping, or `fields` with a named format.
+        FileNotFoundError: `path` does not exist.
+        CaseFormatError: a malformed record (naming the file, line or row, field and column) or no cases at all.
     """
     if fmt == "auto":
         fmt = detect_format(path)
@@ -112,16 +120,17 @@ def load_builtin(seed: int = 0, languages: tuple[str, ...] = ("en", "zh")) -> li
 # Generic formats
 
 
-def column_map(fields: Mapping[str, str] | None) -> dict[str, Column]:
-    """Identity mapping over the schema fields, updated by `fields`; unknown schema fields are an error."""
-    fields = dict(fields or {})
-    unknown = sorted(set(fields) - set(SCHEMA_FIELDS))
-    if unknown:
-        raise ValueError(f"field mapping names unknown schema fields {unknown}; valid: {', '.join(SCHEMA_FIELDS)}")
-    for key, column in fields.items():
-        if not isinstance(column, str) or not column:
-            raise ValueError(f"field mapping {key!r}: the source column must be a non-empty string, got {column!r}")
-    return {name: fields.get(name, name) for name in SCHEMA_FIELDS}
+def column_map(fields: Mapping[str, FieldSpec | Mapping[str, object]] | None) -> dict[str, Column]:
+    """Identity mapping over the schema fields, updated by `fields`.
+
+    Raises:
+        ValueError: `fields` is not a valid mapping (`fields.parse_fields`), naming each bad key.
+    """
+    try:
+        parsed = parse_fields(fields or {})
+    except ValueError as err:
+        raise ValueError(f"field mapping: {err}") from None
+    return {name: parsed.get(name, name) for name in SCHEMA_FIELDS}
 
 
 def load_jsonl(file: Path, columns: dict[str, Column]) -> list[Case]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from clinical_rl.data.cases import Case
+from clinical_rl.rewards.answer_format import prompt_opens_think
 
 THINK_THEN_ANSWER = {
     "en": (
@@ -36,3 +37,20 @@ def render_prompt(tokenizer: Any, case: Case, system_prompt: str | None = None) 
     """Chat-formatted prompt text ending where the assistant starts to answer."""
     return tokenizer.apply_chat_template(case_messages(case, system_prompt), tokenize=False,
                                          add_generation_prompt=True)
+
+
+_PROBE = "clinical-rl template probe 7f3a"  # text no template adds itself, to find where the user turn ends
+
+
+def template_opens_think(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template opens the reasoning block in its generation prompt.
+
+    DeepSeek-R1-distill and Qwen3-thinking templates end the generation prompt with `<think>\n`: the completion
+    then starts inside the reasoning block and only closes it. Read off the template itself, not guessed from
+    the model's name: a probe conversation is rendered with the generation prompt, and what follows the probe's
+    user message (end of turn, assistant header, ...) is checked for a trailing opening `<think>`. Reward,
+    SFT and evaluation pass the result on as `think_opened` so that all three read completions alike.
+    """
+    messages = [{"role": "system", "content": "system"}, {"role": "user", "content": _PROBE}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return prompt_opens_think(rendered[rendered.rindex(_PROBE) + len(_PROBE) :])

@@ -13,12 +13,24 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from clinical_rl.data.cases import Case
 from clinical_rl.data.departments import DEPARTMENTS
 
-Column = str | tuple[str, ...] | None  # a column, a nested path (named loaders), or None: not read
+
+class ColumnReader(Protocol):
+    """A field read by code rather than from one column (`fields.FieldMapping`: renamed columns, templates)."""
+
+    def label(self, name: str) -> str:
+        """How errors call the field `name`."""
+
+    def read(self, row: Mapping[str, Any], where: str, name: str, from_text: bool = False) -> Any:
+        """The value (None: absent); raises `CaseFormatError` naming `where`."""
+
+
+# a column, a nested path (named loaders), a reader, or None: not read
+Column = str | tuple[str, ...] | ColumnReader | None
 _MISSING = object()
 
 
@@ -133,6 +145,9 @@ def row_to_case(row: Any, where: str, columns: Mapping[str, Column], default_id:
         column = columns.get(name)
         if column is None:
             return _MISSING, f"field {name!r}"
+        if not isinstance(column, str | tuple):
+            value = column.read(row, where, name, from_text)
+            return (_MISSING if value is None else value), column.label(name)
         path = column if isinstance(column, tuple) else (column,)
         label = f"field {name!r}" if path == (name,) else f"field {name!r} (column {'.'.join(path)!r})"
         value: Any = row
@@ -151,7 +166,8 @@ def row_to_case(row: Any, where: str, columns: Mapping[str, Column], default_id:
                 raise CaseFormatError(f"{where}: {label} missing")
             return None
         if not isinstance(value, str):
-            raise CaseFormatError(f"{where}: {label} must be a string, found {type(value).__name__}")
+            hint = " (map it as {column: ..., join: ', '} to join a list)" if isinstance(value, list) else ""
+            raise CaseFormatError(f"{where}: {label} must be a string, found {type(value).__name__}{hint}")
         if not value.strip():
             if required:
                 raise CaseFormatError(f"{where}: {label} is empty")
@@ -169,8 +185,13 @@ def row_to_case(row: Any, where: str, columns: Mapping[str, Column], default_id:
     options = _options(*read("options"), where)
     letter = text("answer_letter")
     department, language = text("department"), text("language") or default_language
-    if department is not None and department not in DEPARTMENTS:
-        raise CaseFormatError(f"{where}: field 'department' is {department!r}, not one of {', '.join(DEPARTMENTS)}")
+    if department is not None:  # matched without case: a file's "Cardiology" is `cardiology`
+        if department.strip().lower() not in DEPARTMENTS:
+            raise CaseFormatError(
+                f"{where}: {read('department')[1]} is {department!r}, not one of {', '.join(DEPARTMENTS)} (map "
+                "other names with fields.department: {column: ..., values: {NAME: DEPARTMENT}}, or set it to null "
+                "to derive it from icd10)")
+        department = department.strip().lower()
     if language not in ("zh", "en"):
         raise CaseFormatError(f"{where}: field 'language' is {language!r}, not 'zh' or 'en'")
     if mcq:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from clinical_rl.config import EvalBenchmarkConfig, EvalConfig, EvalModelConfig, RunConfig
 from clinical_rl.data.cases import Case
 from clinical_rl.data.loaders import load_cases
-from clinical_rl.data.prompts import case_messages
+from clinical_rl.data.prompts import case_messages, template_opens_think
 from clinical_rl.eval.records import GroupRow, Prediction
 from clinical_rl.llm_client import ChatBackend, ChatReply, Conversation, EngineChat, OpenAIChat
 from clinical_rl.rewards.answer_format import parse_response
@@ -61,10 +61,11 @@ def run_eval(cfg: RunConfig, models: Sequence[EvalModelConfig] | None = None) ->
     verifier = CascadeVerifier(RuleVerifier(), _judge(ev))
     predictions: list[Prediction] = []
     for model in models:
+        opened = model_opens_think(model, cfg)
         with open_backend(model, cfg) as backend:
             for name, cases in benchmarks.items():
                 replies = chat_in_chunks(backend, [conversation(c, ev) for c in cases], ev, f"{model.label}/{name}")
-                predictions += judge_replies(name, model.label, cases, replies, verifier, ev)
+                predictions += judge_replies(name, model.label, cases, replies, verifier, ev, think_opened=opened)
     rows = summarize(predictions, n_resamples=ev.bootstrap_resamples, seed=cfg.seed)
     out_dir = Path(ev.out_dir or Path(cfg.output_dir) / "eval").resolve()  # chart links relative to the report
     report = write_report(rows, predictions, out_dir)
@@ -80,6 +81,26 @@ def load_benchmark(b: EvalBenchmarkConfig, seed: int) -> list[Case]:
     if b.per_department:
         cases = build_split(cases, b.per_department, seed=seed)
     return cases[: b.limit] if b.limit else cases
+
+
+def model_opens_think(model: EvalModelConfig, cfg: RunConfig) -> bool:
+    """Whether the model's chat template opens `<think>` in its generation prompt (`template_opens_think`), so
+    that replies are read as the reward reads that model's rollouts. A local checkpoint's own tokenizer decides;
+    an endpoint applies a template this process cannot see, so its `tokenizer` decides, and without one: False."""
+    from clinical_rl.models import check_model_dir
+
+    if model.path is not None:
+        source = str(check_model_dir(model.path, f"eval.models[{model.label}].path"))
+    elif model.tokenizer is not None:
+        source = model.tokenizer
+    else:
+        return False
+    from transformers import AutoTokenizer
+
+    opened = template_opens_think(AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code))
+    if opened:
+        log.info("eval %s: the chat template opens <think>; replies start inside the reasoning", model.label)
+    return opened
 
 
 def conversation(case: Case, ev: EvalConfig) -> Conversation:
@@ -101,9 +122,13 @@ def chat_in_chunks(backend: ChatBackend, conversations: list[Conversation], ev: 
 
 
 def judge_replies(benchmark: str, model: str, cases: Sequence[Case], replies: Sequence[ChatReply | Exception],
-                  verifier: CascadeVerifier, ev: EvalConfig) -> list[Prediction]:
-    """Verify the final answer of each reply; a failed request or judge is an `error` prediction, kept."""
-    answers = [None if isinstance(r, Exception) else parse_response(r.text, ev.answer_format).answer for r in replies]
+                  verifier: CascadeVerifier, ev: EvalConfig, think_opened: bool = False) -> list[Prediction]:
+    """Verify the final answer of each reply; a failed request or judge is an `error` prediction, kept.
+
+    `think_opened`: the model's chat template opened `<think>` (`model_opens_think`), so replies start inside it.
+    """
+    answers = [None if isinstance(r, Exception)
+               else parse_response(r.text, ev.answer_format, think_opened=think_opened).answer for r in replies]
     to_verify = [i for i, a in enumerate(answers) if a]
     decided = dict(zip(to_verify, verifier.verify([(answers[i], cases[i]) for i in to_verify])))
     out = []

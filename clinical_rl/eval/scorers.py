@@ -105,12 +105,13 @@ def summarize(predictions: Sequence[Prediction], *, n_resamples: int = 2000, see
 # Final answers
 
 
-def final_answer(output: str) -> str | None:
-    """The final answer of a response (`parse_response` in "auto" mode): what follows `</think>` or
+def final_answer(output: str, *, think_opened: bool = False) -> str | None:
+    """The final answer of a response (`parse_response` in "auto" mode): what follows the last `</think>` or
     `## Final Response`, or for a response in neither format what `extract_final_answer` reads from the whole
     text ("Diagnosis:/Answer: ..." else the first line). None when there is none -- in particular when a
-    `<think>` block never closes or nothing follows it: an answer is not fished out of unfinished reasoning."""
-    return parse_response(output, "auto").answer
+    `<think>` block never closes or nothing follows it: an answer is not fished out of unfinished reasoning.
+    `think_opened`: the chat template opened `<think>` (see `template_opens_think`)."""
+    return parse_response(output, "auto", think_opened=think_opened).answer
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -123,40 +124,35 @@ def _rule_verifier() -> RuleVerifier:
     return RuleVerifier(diseases=[])
 
 
-def mcq_letter(output: str, options: Mapping[str, str]) -> str | None:
+def mcq_letter(output: str, options: Mapping[str, str], *, think_opened: bool = False) -> str | None:
     """The option letter a response picks (as keyed in `options`), or None when it picks none or several.
 
     The final answer (see `final_answer`) is read by `RuleVerifier.choose_option`: a bare letter, "(B)", "the
     answer is B", "B. <text>", the option's text (case and punctuation folded), a contained or near-identical
     option text.
     """
-    answer = final_answer(output)
+    answer = final_answer(output, think_opened=think_opened)
     if answer is None or not options:
         return None
     letter, _rule = _rule_verifier().choose_option(answer, options)
-    if letter is None:  # the parsed answer lost meaningful symbols ('>' is markdown to it): try the raw line
-        raw = _raw_answer_line(output)
+    if letter is None:  # the parsed answer lost meaningful symbols ('*' is markdown to it): try the raw line
+        raw = _raw_answer_line(output, think_opened)
         if raw and raw != answer:
             letter, _rule = _rule_verifier().choose_option(raw, options)
     return letter
 
 
-_FINAL_HEADER = re.compile(r"^\s*#+\s*final\s+response\s*$", re.IGNORECASE | re.MULTILINE)
-
-
-def _raw_answer_line(output: str) -> str | None:
-    """The first non-empty line after the reasoning, as written (no markdown stripping)."""
-    if "</think>" in output.lower():
-        tail = output[output.lower().rindex("</think>") + len("</think>") :]
-    else:
-        headers = list(_FINAL_HEADER.finditer(output))
-        tail = output[headers[-1].end() :] if headers else output
+def _raw_answer_line(output: str, think_opened: bool = False) -> str | None:
+    """The first non-empty line of the final response (after the reasoning, as `parse_response` cuts it), as
+    written (no markdown stripping)."""
+    tail = parse_response(output, "auto", think_opened=think_opened).response or ""
     line = next((x.strip() for x in tail.splitlines() if x.strip()), "")
     return line.rstrip("。.;；!！").strip() or None
 
 
 def mcq_accuracy(
-    outputs: Sequence[str], cases: Sequence[Case], *, n_resamples: int = 2000, seed: int = 0
+    outputs: Sequence[str], cases: Sequence[Case], *, n_resamples: int = 2000, seed: int = 0,
+    think_opened: bool = False,
 ) -> Estimate:
     """Share of outputs whose chosen letter (`mcq_letter`) is the case's `answer_letter`, with its bootstrap CI.
     An output that picks no option counts as wrong."""
@@ -166,7 +162,7 @@ def mcq_accuracy(
     for output, case in zip(outputs, cases):
         if not case.options or case.answer_letter is None:
             raise ValueError(f"case {case.id!r} is not multiple choice (no options or no answer_letter)")
-        correct.append(mcq_letter(output, case.options) == case.answer_letter)
+        correct.append(mcq_letter(output, case.options, think_opened=think_opened) == case.answer_letter)
     return bootstrap_ci(correct, n_resamples=n_resamples, seed=seed)
 
 
@@ -198,7 +194,7 @@ _LEADING = re.compile(rf"\s*(?P<set>{_SET}){_AFTER}")
 _AFTER_LEAD = re.compile(rf"\s*(?P<set>{_SET})(?:{_AFTER}|(?=\s+(?:because|since|as|as\s+they|given)\b))")
 
 
-def parse_letter_set(text: str, letters: Collection[str]) -> set[str]:
+def parse_letter_set(text: str, letters: Collection[str], *, think_opened: bool = False) -> set[str]:
     """The set of option letters a multiple-answer response gives ("A, C", "AC", "A and C", "答案：ACD", "(B)(D)").
 
     Only the final answer (see `final_answer`) is read, and only letter-set forms: the whole answer being a
@@ -208,7 +204,7 @@ def parse_letter_set(text: str, letters: Collection[str]) -> set[str]:
     one of `letters` (case-insensitive; returned as keyed in `letters`), else nothing is read. So ordinary words
     give nothing: "A patient with ..." is not option A. Returns the empty set when no set is found.
     """
-    answer = final_answer(text)
+    answer = final_answer(text, think_opened=think_opened)
     if answer is None:
         return set()
     answer = unicodedata.normalize("NFKC", answer).strip()
@@ -289,11 +285,11 @@ def first_number(text: str) -> float | None:
     return -value if match["sign"] and match["sign"] != "+" else value
 
 
-def numeric_within(answer_text: str, lower: float, upper: float) -> bool:
+def numeric_within(answer_text: str, lower: float, upper: float, *, think_opened: bool = False) -> bool:
     """True when the first number of the final answer (see `final_answer`, `first_number`) lies in
     [lower, upper], bounds included (MedCalc-Bench scores calculations against such a range). No number: False."""
     if lower > upper:
         raise ValueError(f"lower bound {lower} is above upper bound {upper}")
-    answer = final_answer(answer_text)
+    answer = final_answer(answer_text, think_opened=think_opened)
     value = first_number(answer) if answer is not None else None
     return value is not None and lower <= value <= upper

@@ -25,6 +25,10 @@ class RewardInput:
     reference: str  # the gold answer
     case: Case | None = None  # the whole case (options, ICD-10, language) when the caller has it
     response_tokens: int | None = None  # length of the response in policy tokens, when the caller knows it
+    # The chat template that rendered `prompt` already opened `<think>` (R1-distill, Qwen3-thinking), so the
+    # response starts inside the reasoning block. Set by whoever rendered the prompt (the driver, from the rendered
+    # prompt); the HTTP server and verl adapter, which have no tokenizer, read it off the prompt text.
+    think_opened: bool = False
 
 
 @dataclass(frozen=True)

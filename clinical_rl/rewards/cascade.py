@@ -1,19 +1,19 @@
 """The verifier cascade: rule verifier first, the LLM judge only for what the rules leave undecided, both cached.
 
-The cache is keyed by the normalised answer and the case's reference (and options, for MCQ), so a repeated answer
+The cache is keyed by the case- and width-folded answer (punctuation kept) and the case's reference (and options, for MCQ), so a repeated answer
 in a GRPO group or a later epoch costs nothing.
 """
 
 from __future__ import annotations
 
 import threading
+import unicodedata
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from clinical_rl.data.cases import Case
-from clinical_rl.rewards.answer_format import normalize_answer
 from clinical_rl.rewards.judge import LLMJudge
 from clinical_rl.rewards.rule_verifier import RuleVerifier, Verdict
 
@@ -70,7 +70,8 @@ class CascadeVerifier:
 
     def _key(self, answer: str, case: Case) -> tuple:
         options = tuple(sorted(case.options.items())) if case.options else ()
-        return normalize_answer(answer), normalize_answer(case.answer), case.answer_letter, options, case.icd10
+        # Punctuation stays in the key: "A (B)" and "A, B" fold to one text but are judged differently.
+        return _fold(answer), _fold(case.answer), case.answer_letter, options, case.icd10
 
     def _lookup(self, answer: str, case: Case) -> Decision | None:
         key = self._key(answer, case)
@@ -85,6 +86,10 @@ class CascadeVerifier:
             self._cache[self._key(answer, case)] = decision
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
+
+
+def _fold(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def _reference_text(case: Case) -> str:

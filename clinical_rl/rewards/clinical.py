@@ -2,7 +2,8 @@
 
 Use it as `reward.cls: clinical_rl.rewards.clinical:ClinicalReward` with `reward.kwargs` validated by
 `ClinicalRewardConfig`. Every part of a reward is reported in `details` (logged as `reward/<key>`): format,
-correctness, which verifier path decided, cache hits, latency and the length penalty.
+correctness, which verifier path decided, cache hits, latency and the length penalty; the string
+`missing_reason` says why a thinking or answer counts as missing ("no closing </think>", ...).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clinical_rl.config import JUDGE_ACTOR_NAME
 from clinical_rl.data.cases import Case
-from clinical_rl.rewards.answer_format import AnswerFormat, parse_response
+from clinical_rl.rewards.answer_format import AnswerFormat, ParsedResponse, parse_response
 from clinical_rl.rewards.base import RewardInput, RewardResult
 from clinical_rl.rewards.cascade import CascadeVerifier, Decision
 from clinical_rl.llm_client import ChatBackend, EngineChat, OpenAIChat
@@ -62,18 +63,21 @@ class ClinicalReward:
         self.verifier = CascadeVerifier(rule, judge, self.cfg.cache_size)
 
     def score(self, batch: list[RewardInput]) -> list[RewardResult]:
-        parsed = [parse_response(item.response, self.cfg.answer_format) for item in batch]
+        parsed = [parse_response(item.response, self.cfg.answer_format, think_opened=item.think_opened)
+                  for item in batch]
         to_verify = [i for i, p in enumerate(parsed) if not p.missing]
         decisions = self.verifier.verify([(parsed[i].answer or "", _case_of(batch[i])) for i in to_verify])
         decided = dict(zip(to_verify, decisions))
-        return [self._result(item, p.missing, decided.get(i)) for i, (item, p) in enumerate(zip(batch, parsed))]
+        return [self._result(item, p, decided.get(i)) for i, (item, p) in enumerate(zip(batch, parsed))]
 
-    def _result(self, item: RewardInput, missing: str, decision: Decision | None) -> RewardResult:
+    def _result(self, item: RewardInput, parsed: ParsedResponse, decision: Decision | None) -> RewardResult:
         values = self.cfg.values
+        missing = parsed.missing
         details: dict[str, float | str] = {
             "format_ok": float(not missing),
             "missing_thinking": float(missing in ("thinking", "both")),
             "missing_answer": float(missing in ("answer", "both")),
+            "missing_reason": parsed.reason,  # why, e.g. "no closing </think>" ("" when nothing is missing)
         }
         if decision is None:  # the format rule decides (no reasoning first, or no answer after it): no verifier
             decision = Decision("incorrect", "format")

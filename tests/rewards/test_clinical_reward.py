@@ -109,12 +109,13 @@ class ScriptedBackend:
 def test_cascade_asks_the_judge_only_for_undecided_answers_and_caches_verdicts():
     backend = ScriptedBackend([ChatReply("True", {"True": math.log(0.8), "False": math.log(0.2)})])
     cascade = CascadeVerifier(RuleVerifier(), LLMJudge(backend, threshold=0.5))
-    items = [("frontal epidural empyema", EMPYEMA), ("epidural empyema, frontal", EMPYEMA), ("migraine", EMPYEMA)]
+    items = [("frontal epidural empyema", EMPYEMA), ("frontal epidural empyema after sinusitis", EMPYEMA),
+             ("migraine", EMPYEMA)]
     first = cascade.verify(items)
     assert [d.verdict for d in first] == ["correct", "correct", "incorrect"]
     assert [d.path for d in first] == ["rule:exact", "judge", "rule:disjoint"]
     assert first[1].p_true == pytest.approx(0.8) and backend.requests == 1
-    again = cascade.verify([("Epidural empyema; frontal!", EMPYEMA)])  # same normalised answer
+    again = cascade.verify([("FRONTAL epidural  empyema after sinusitis", EMPYEMA)])  # same folded answer
     assert again[0].cache_hit and again[0].verdict == "correct" and backend.requests == 1
 
 
@@ -122,7 +123,7 @@ def test_judge_failures_become_errors_never_scores():
     backend = ScriptedBackend([ConnectionError("refused"), ChatReply("maybe", None)])
     reward = ClinicalReward()
     reward.verifier = CascadeVerifier(RuleVerifier(), LLMJudge(backend))
-    results = reward.score([item("<think>x</think> epidural empyema, frontal", EMPYEMA),
+    results = reward.score([item("<think>x</think> frontal epidural empyema after sinusitis", EMPYEMA),
                             item("<think>x</think> frontal subdural empyema", EMPYEMA),
                             item("<think>x</think> frontal epidural empyema", EMPYEMA)])
     assert [r.status for r in results] == ["error", "error", "ok"]
@@ -136,3 +137,40 @@ def test_verdict_parsing_and_p_true():
     assert p_true_from_logprobs({"True": math.log(0.6), " true": math.log(0.1), "False": math.log(0.1),
                                  "The": math.log(0.2)}) == pytest.approx(0.7 / 0.8)
     assert p_true_from_logprobs({"The": -0.1, "A": -3.0}) is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 11, failing inputs 3-6 at the reward: the answer read is the final one, and a missing part says why.
+
+
+@pytest.mark.parametrize(("response", "gold"), [
+    ("<think>RLQ pain</think>\nDifferential diagnosis: mesenteric adenitis\nFinal diagnosis: acute appendicitis",
+     "acute appendicitis"),  # input 3: was 0.1 (the differential was read)
+    ("<think>RLQ pain</think>\n**Final diagnosis:**\nAcute appendicitis", "Acute appendicitis"),  # input 4
+    ("<think>A</think>\n<think>… diagnosis: myocardial infarction …</think>\nDiagnosis: aortic dissection",
+     "aortic dissection"),  # input 5: was 0.1 (read inside the second block)
+    ("<think>RLQ pain</think>\n鉴别诊断：肠系膜淋巴结炎\n最终诊断：\n急性阑尾炎", "急性阑尾炎"),
+])
+def test_the_final_answer_after_the_last_block_is_scored(response, gold):
+    (result,) = ClinicalReward().score([item(response, Case("case", gold))])
+    assert (result.reward, result.details["missing_reason"]) == (1.0, "")
+
+
+def test_input6_a_pre_opened_think_block_is_scored_when_the_input_says_so():
+    gold = Case("Fever, cough and a lobar consolidation.", "Community-acquired pneumonia")
+    completion = "Fever, productive cough, lobar consolidation…\n</think>\nDiagnosis: community-acquired pneumonia"
+    opened = RewardInput("…<|im_start|>assistant\n<think>\n", completion, gold.answer, gold, think_opened=True)
+    plain = RewardInput("…<|im_start|>assistant\n", completion, gold.answer, gold)  # think_opened defaults False
+    with_flag, without = ClinicalReward().score([opened, plain])
+    assert (with_flag.reward, with_flag.details["format_ok"]) == (1.0, 1.0)  # was 0.0, "missing thinking"
+    assert (without.reward, without.details["missing_thinking"]) == (0.0, 1.0)
+    assert "think_opened" in without.details["missing_reason"]
+
+
+def test_missing_reason_is_reported_as_a_string_detail():
+    results = ClinicalReward().score([item("<think>RLQ pain, never closed"), item("<think>x</think>\nDiagnosis:"),
+                                      item("<think>x</think>\nDiagnosis: A\n<think>more"), item("")])
+    assert [r.details["missing_reason"] for r in results] == [
+        "no closing </think>", "only a label with no answer", "<think> reopened after the last </think> and never "
+        "closed", "empty response"]
+    assert all(r.reward == 0.0 and r.details["missing_answer"] == 1.0 for r in results)

@@ -76,10 +76,19 @@ def test_free_text_rules():
     assert free("", "gout") == "incorrect"
 
 
-def test_icd10_codes_decide_at_category_level():
-    assert free("I21.4", "Acute myocardial infarction", icd10="I21.0") == "correct"
+def test_icd10_codes_decide_at_the_golds_specificity():
+    # I21.4 (NSTEMI) and I21.0 (anterior STEMI) are siblings: different diagnoses at the gold's specificity
+    assert free("I21.4", "Acute myocardial infarction", icd10="I21.0") == "incorrect"
+    assert free("I21.0", "Acute myocardial infarction", icd10="I21.0") == "correct"
+    assert free("I21", "Acute myocardial infarction", icd10="I21.9") == "correct"  # I21.9 is I21, unspecified
+    assert free("I21", "NSTEMI", icd10="I21.4") == "undecided"  # only less specific: the judge's call
+    assert free("I20-I25", "Acute myocardial infarction", icd10="I21.9") == "incorrect"  # a range is several codes
     assert free("Diagnosis code J18.9", "Acute myocardial infarction", icd10="I21.0") == "incorrect"
-    assert free("I21", "whatever the name", icd10="I21.001") == "correct"  # Chinese extension code
+    # a Chinese extension code is read at its longest valid prefix (I21.001 -> I21.0)
+    assert free("I21.0", "Acute transmural myocardial infarction of anterior wall", icd10="I21.001") == "correct"
+    # a code confirms only a gold that is its title: J18.9 is "Pneumonia, unspecified", the gold is narrower
+    assert free("J18.9", "Community-acquired pneumonia", icd10="J18.9") == "undecided"
+    assert free("Pneumonia (J18.9)", "Community-acquired pneumonia", icd10="J18.9") == "undecided"
 
 
 def test_mcq_extraction_edge_cases(verifier):

@@ -16,6 +16,7 @@ from clinical_rl.rewards.server import reward_input, strip_suffixes
 ROOT = Path(__file__).resolve().parents[2]
 FAILING = "tests.rewards.failing_rewards:RaisesOnBoom"
 SECRET = "PAYLOAD-CONTENT-7f3a"  # appears in prompts; must never reach the server log or an error body
+SMALL_LIMITS = ("--max-body-bytes", "100000", "--max-items", "3", "--max-field-chars", "4000")
 
 
 def free_port() -> int:
@@ -62,11 +63,12 @@ class Server:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    """Three servers started together: default reward, a failing reward (503), the same with --failed-reward."""
+    """Three servers started together: default reward (and default limits), a failing reward (503) with small
+    limits, the same with --failed-reward."""
     tmp = tmp_path_factory.mktemp("servers")
     started = {
         "default": Server(tmp, "default"),
-        "failing": Server(tmp, "failing", f"reward.cls={FAILING}", "reward.max_retries=0"),
+        "failing": Server(tmp, "failing", f"reward.cls={FAILING}", "reward.max_retries=0", *SMALL_LIMITS),
         "stand_in": Server(tmp, "stand_in", "--failed-reward", "-1", f"reward.cls={FAILING}", "reward.max_retries=0"),
     }
     try:
@@ -240,3 +242,105 @@ def test_strip_suffixes_and_label_parsing():
     assert (item.reference, item.case.answer, item.case.question) == ("Asthma", "Asthma", "P")
     assert (item.case.icd10, item.case.language, dict(item.case.options)) == ("J45", "zh", {"A": "x"})
     assert reward_input("P", "R", "Asthma", "labels[0]").case is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Limits: body cap (413 before parsing), field caps (413 naming field and index), UTF-8, one log line per rejection
+
+
+def _log_lines(server: Server, needle: str) -> list[str]:
+    time.sleep(0.2)
+    return [line for line in server.log.read_text().splitlines() if needle in line]
+
+
+def test_oversize_body_is_413_before_parsing_and_logged(servers):
+    server = servers["default"]
+    payload = openrlhf_payload([("q", "<think>a</think> Diagnosis: " + SECRET * 600_000, "x")])  # ~12 MB
+    body = json.dumps(payload).encode()
+    start = time.perf_counter()
+    out = httpx.post(f"{server.url}/get_reward", content=body, timeout=60,
+                     headers={"Content-Type": "application/json"})
+    assert out.status_code == 413, out.text
+    assert time.perf_counter() - start < 5  # not parsed, not scored
+    assert out.json() == {"error": f"body of {len(body)} bytes (Content-Length) exceeds --max-body-bytes 4194304",
+                          "problems": []}
+    lines = _log_lines(server, "-> 413 body of")
+    assert len(lines) == 1 and "POST /get_reward from 127.0.0.1:" in lines[0], lines
+    assert SECRET not in server.log.read_text()
+    assert server.post(openrlhf_payload([("q", "<think>a</think> Asthma", "asthma")])).status_code == 200  # still up
+
+
+def test_chunked_body_is_counted_while_read(servers):
+    server = servers["failing"]  # --max-body-bytes 100000
+    chunk = json.dumps(openrlhf_payload([("q", "<think>a</think> " + SECRET * 500, "x")])).encode()
+
+    def body():  # no Content-Length: httpx sends it chunked
+        for _ in range(40):
+            yield chunk
+
+    out = httpx.post(f"{server.url}/get_reward", content=body(), timeout=60,
+                     headers={"Content-Type": "application/json"})
+    assert out.status_code == 413, out.text
+    assert "(counted while reading) exceeds --max-body-bytes 100000" in out.json()["error"]
+    assert len(_log_lines(server, "-> 413 body of")) == 1
+    assert SECRET not in server.log.read_text()
+
+
+def test_oversize_field_is_413_naming_the_field_and_index(servers):
+    server = servers["default"]  # --max-field-chars 65536 (default)
+    payload = openrlhf_payload([("q", "<think>a</think> x", "x"), ("q", "<think>a</think> " + "y" * 70_000, "y")])
+    out = server.post(payload)
+    assert out.status_code == 413, out.text
+    assert out.json()["problems"] == [f"query[1]: {len(payload['query'][1])} characters exceed --max-field-chars "
+                                      "65536"]
+    lines = _log_lines(server, "-> 413 request too large: query[1]:")
+    assert len(lines) == 1 and "y" * 100 not in lines[0]
+
+
+def test_custom_limits_name_items_and_label_fields(servers):
+    server = servers["failing"]  # --max-items 3 --max-field-chars 4000
+    out = server.post(openrlhf_payload([("q", "<think>a</think> x", "x")] * 4))
+    assert out.status_code == 413, out.text
+    assert out.json()["problems"] == ["query: 4 items exceed --max-items 3"]
+    label = {"answer": "x", "question": SECRET * 300, "options": {"A": "x", "B": "z" * 4001}, "answer_letter": "A"}
+    out = server.post(openrlhf_payload([("q", "<think>a</think> x", "x"), ("q", "<think>a</think> x", label)]))
+    assert out.status_code == 413, out.text
+    assert out.json()["problems"] == ["labels[1].question: 6000 characters exceed --max-field-chars 4000",
+                                      "labels[1].options.B: 4001 characters exceed --max-field-chars 4000"]
+    assert len(_log_lines(server, "-> 413 request too large: query: 4 items")) == 1
+    assert len(_log_lines(server, "-> 413 request too large: labels[1].question: 6000 characters")) == 1
+    assert SECRET not in server.log.read_text() and "zzzz" not in server.log.read_text()
+
+
+def test_non_utf8_body_is_400_and_logged(servers):
+    server = servers["default"]
+    body = json.dumps(openrlhf_payload([("q", "<think>a</think> x", "x")])).encode()
+    body = body.replace(b"<think>a", b"<think>\xff\xfea")  # Latin-1 bytes, not UTF-8
+    out = httpx.post(f"{server.url}/get_reward", content=body, timeout=10, headers={"Content-Type": "application/json"})
+    assert out.status_code == 400, out.text
+    assert out.json()["error"].startswith("body is not valid UTF-8 (byte ")
+    assert len(_log_lines(server, "-> 400 body is not valid UTF-8")) == 1
+    assert SECRET not in server.log.read_text()
+
+
+def test_every_other_rejection_is_logged(servers):
+    server = servers["default"]
+    assert httpx.post(f"{server.url}/nowhere", json={}, timeout=10).status_code == 404
+    out = httpx.get(f"{server.url}/get_reward", timeout=10)
+    assert out.status_code == 405 and out.headers["allow"] == "POST"
+    out = httpx.post(f"{server.url}/get_reward", content=f"{SECRET} not json".encode(), timeout=10,
+                     headers={"Content-Type": "application/json"})
+    assert out.status_code == 422
+    assert len(_log_lines(server, "POST /nowhere from 127.0.0.1:")) == 1
+    assert any("-> 404" in line for line in _log_lines(server, "POST /nowhere"))
+    assert any("-> 405" in line for line in _log_lines(server, "GET /get_reward"))
+    invalid = "-> 422 invalid payload: <body>: invalid JSON at character 0 (Expecting value)"
+    assert any(invalid in line for line in _log_lines(server, "-> 422"))
+    assert SECRET not in server.log.read_text()
+
+
+def test_limits_below_one_fail_before_binding(capsys):
+    from clinical_rl.cli import main
+
+    assert main(["serve-reward", "--port", str(free_port()), "--max-field-chars", "0"]) == 2
+    assert "clinical-rl: --max-field-chars must be >= 1, got 0" in capsys.readouterr().err
