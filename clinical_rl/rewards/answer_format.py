@@ -24,8 +24,6 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
-from clinical_rl.rewards.candidates import doubts
-
 AnswerFormat = Literal["think", "huatuo", "auto"]
 Missing = Literal["", "thinking", "answer", "both"]
 
@@ -88,12 +86,6 @@ _LABEL_LINE = re.compile(
 )
 _BOXED = re.compile(r"\\(?:boxed|fbox|text|textbf|textit|mathrm|mathbf)\s*\{")
 _DOLLARS = re.compile(r"\${1,2}([^$]*?)\${1,2}")
-# "X, given Y" / "X，依据为Y": the reason after the answer is not part of it (but "X, as well as Y" is a list).
-_JUSTIFICATION = re.compile(
-    r"\s*[,，;；]\s*(?:given|because|since|as(?!\s+well\b)|based\s+on|supported\s+by|owing\s+to|in\s+view\s+of"
-    r"|which|considering)\b.*$|\s*[,，;；]\s*(?:依据为|依据|因为|由于|结合|根据|考虑到|支持点).*$",
-    re.IGNORECASE | re.DOTALL,
-)
 _BULLET = re.compile(r"^(?:[-•·+]|\d{1,2}[.)、])[ \t]+")
 _QUOTES = {'"': '"', "“": "”", "'": "'", "‘": "’", "「": "」", "『": "』", "_": "_"}
 # Ranks: explicit final label heading its line > final label in prose (or \boxed) > generic label heading its line >
@@ -317,9 +309,6 @@ def _clean(value: str) -> str | None:
         if len(value) >= 2 and _QUOTES.get(value[0]) == value[-1]:
             value = value[1:-1]
         value = value.strip().rstrip("。.;；,，!！:：").strip()
-    reason = _JUSTIFICATION.search(value)
-    if reason and not doubts(reason[0]):  # "X, which has been ruled out" keeps its denial
-        value = value[: reason.start()]
     return value.strip() or None
 
 

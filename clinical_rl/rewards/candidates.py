@@ -37,17 +37,12 @@ _NEGATION = re.compile(
 
 _HEDGE = re.compile(
     r"\b(?:not|no|unlikely|excluded?|excluding|ruled?\s+out|possibly|maybe|perhaps|alternatively|uncertain"
-    r"|unclear|versus|vs|either|differential|could|might|may|also|alternative|other)\b"
-    r"|\?|？|排除|不是|不考虑|除外|否认|可能性小|待排|待除外|鉴别|或|也可能|亦可能",
+    r"|unclear|versus|vs|either|differential|could|might|may|also|alternative|other|wrong|incorrect|false"
+    r"|rejected|undetermined|pending)\b"
+    r"|[?？⸮‽؟⁇⁈⁉❓❔]|[\u0334-\u0338]"  # question marks of every script; strike-through overlays
+    r"|排除|不是|不考虑|除外|否认|可能性小|待排|待除外|待定|鉴别|或|也可能|亦可能|不能确定|不能肯定|并非|不确定",
     re.IGNORECASE,
 )
-
-_DOUBT = re.compile(
-    r"\b(?:unlikely|excluded?|excluding|ruled?\s+out|possibly|maybe|perhaps|alternatively|alternative|could|might"
-    r"|may|or|either|versus|vs|differential)\b|\?|？|排除|除外|可能|或|待排|鉴别",
-    re.IGNORECASE,
-)
-
 
 @dataclass(frozen=True)
 class Candidates:
@@ -80,12 +75,6 @@ def hedged(answer: str) -> bool:
     """True when the answer carries a word of doubt, denial or alternative anywhere ("possibly", "?", "not", 待排):
     such an answer is never paid by the rules (a judge may still read "with no hand anomaly" as a detail)."""
     return bool(_HEDGE.search(unicodedata.normalize("NFKC", answer)))
-
-
-def doubts(text: str) -> bool:
-    """True when `text` doubts or replaces a diagnosis ("could also be Y", "excluded", 或, 排除). Narrower than
-    `hedged`: "not relieved by nitroglycerin" in a justification is a finding, not a doubt."""
-    return bool(_DOUBT.search(unicodedata.normalize("NFKC", text)))
 
 
 def _has_content(part: str) -> bool:

@@ -22,6 +22,7 @@ from clinical_rl.rewards.name_forms import contains_phrase
 
 Verdict = Literal["correct", "incorrect", "undecided"]
 
+_ALTERNATIVE_WORDS = re.compile(r"\b(?:or|vs|versus|either)\b|/|或|还是", re.IGNORECASE)
 _BARE_LETTER = re.compile(r"^\s*[(\[]?([A-Za-z])[)\].:]?\s*$")
 # Several option letters and nothing else: "A, B", "B or C", "A/B/D", "ABD".
 _LETTER_LIST = re.compile(
@@ -83,14 +84,38 @@ def verify_mcq(
         return "incorrect", "negated"
     if hedged(own_words):
         return "undecided", "hedged"
+    if _ALTERNATIVE_WORDS.search(own_words):  # "Escherichia coli or GBS"
+        return "undecided", "hedged"
     parts = split_candidates(answer).parts
     picked = {choose_option(part, options, fuzzy_threshold)[0] for part in parts} - {None}
     if len(parts) > 1 and len(picked) > 1:  # "B. E. coli or C. Listeria"
         return "incorrect", "multiple"
+    if len(_mentioned_options(answer, options)) > 1:  # "B. Escherichia coli. Listeria monocytogenes is second."
+        return "undecided", "several_options"
     letter, rule = choose_option(answer, options, fuzzy_threshold)
     if letter is None:
         return ("incorrect" if rule == "multiple" else "undecided"), rule
     return ("correct" if letter == gold else "incorrect"), rule
+
+
+def _mentioned_options(answer: str, options: Mapping[str, str]) -> set[str]:
+    """Options the answer names: by their text (or abbreviated genus), or by a word no other option has
+    ("listeria" in "Listeria-like Escherichia coli"); an option inside a longer named one does not count."""
+    text = _unwrap(unicodedata.normalize("NFKC", answer))
+    head = _LETTER_HEAD.match(text)  # "B. Miosis ..." is a letter and a text, not the abbreviation "b miosis"
+    norm = normalize_answer(head[2] if head else text)
+    words = {k: set(normalize_answer(v).split()) for k, v in options.items()}
+    named = set()
+    for key, option in options.items():
+        if len(normalize_answer(option)) < 3:  # options that are letters or digits are named by letter only
+            continue
+        own = {w for w in words[key] if len(w) >= 5 and w.isalpha()
+               and not any(w in other for k, other in words.items() if k != key)}
+        if any(contains_phrase(norm, form) for form in _option_forms(option)) or any(
+                contains_phrase(norm, w) for w in own):
+            named.add(key)
+    return {k for k in named if not any(
+        k != o and normalize_answer(options[k]) in normalize_answer(options[o]) for o in named)}
 
 
 def _unwrap(text: str) -> str:

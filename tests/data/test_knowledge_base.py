@@ -71,7 +71,7 @@ def test_common_abbreviations_and_chinese_short_names_resolve():
     by_name = {normalize_answer(n): d.id for d in KB for lang in ("en", "zh") for n in d.names(lang)}
     expected = {
         "COPD": "chronic_obstructive_pulmonary_disease", "AMI": "acute_myocardial_infarction",
-        "STEMI": "acute_myocardial_infarction", "AF": "atrial_fibrillation", "SLE": "systemic_lupus_erythematosus",
+        "AF": "atrial_fibrillation", "SLE": "systemic_lupus_erythematosus",
         "RA": "rheumatoid_arthritis", "T2DM": "type_2_diabetes_mellitus", "DKA": "diabetic_ketoacidosis",
         "GERD": "gastro_oesophageal_reflux_disease", "IBS": "irritable_bowel_syndrome",
         "慢阻肺": "chronic_obstructive_pulmonary_disease", "心梗": "acute_myocardial_infarction",
@@ -116,9 +116,6 @@ def test_sex_specific_diseases():
 
 
 def test_names_drop_normalised_duplicates():
-    cystitis = disease_by_id("acute_cystitis")
-    assert "急性膀胱炎" == cystitis.name.zh
-    assert cystitis.names("zh") == ["急性膀胱炎", "急性细菌性膀胱炎"]
     asthma = disease_by_id("asthma")
     assert "支气管哮喘" in asthma.synonyms.zh  # the name is also listed as a synonym ...
     assert asthma.names("zh") == ["支气管哮喘"]  # ... and appears once

@@ -171,10 +171,55 @@ def test_the_verdict_cache_does_not_pay_a_list_for_its_bracketed_twin():
 
 
 @pytest.mark.parametrize(("answer", "case"), [
-    ("Acute STEMI", AMI),  # shares no word with the gold, but with its synonym STEMI
+    ("Heart attack with cardiogenic shock", AMI),  # no word of the gold's, but its synonym "heart attack"
     ("I21.4", AMI),  # a specified sibling of the gold's unspecified code says more, not something else
     ("慢性阻塞性肺疾病急性加重", Case("q", "慢性阻塞性肺疾病", language="zh")),  # 急性 beside 慢性 is no contrast
     ("Seropositive rheumatoid arthritis", Case("q", "Rheumatoid arthritis", icd10="M06.9")),
 ])
 def test_more_specific_forms_are_left_to_the_judge_not_called_wrong(verifier, answer, case):
     assert verifier.verify(answer, case).verdict == "undecided"
+
+
+# -- found by the second red-team round ------------------------------------------------------------------------------
+MCQ_ORGANISMS = Case("q", "Escherichia coli", options={
+    "A": "Listeria monocytogenes", "B": "Escherichia coli", "C": "Streptococcus agalactiae",
+    "D": "Neisseria meningitidis", "E": "Haemophilus influenzae"}, answer_letter="B")
+
+
+@pytest.mark.parametrize(("answer", "case"), [
+    ("Stroke", Case("q", "Stroke (ischemic)")), ("Stroke", Case("q", "Stroke (hemorrhagic)", icd10="I61.9")),
+    ("糖尿病", Case("q", "糖尿病（1型）", language="zh")),  # a gold's bracket is a qualifier, not an ICD modifier
+    ("Acute myocardial infarction", Case("q", "ST-elevation myocardial infarction")),  # a subtype is no synonym
+    ("Gout", Case("q", "Acute gouty arthritis")), ("胃癌", Case("q", "胃腺癌", language="zh")),
+    ("I50", Case("q", "Chronic heart failure", icd10="I50.9")),  # the head name's code for a qualified gold
+    ("Escherichia coli or Listeria", MCQ_ORGANISMS), ("Escherichia coli (or Streptococcus)", MCQ_ORGANISMS),
+    ("Escherichia coli, Listeria, Streptococcus, Neisseria, Haemophilus", MCQ_ORGANISMS),
+    ("Escherichia coli, which is wrong", MCQ_ORGANISMS), ("Listeria-like Escherichia coli", MCQ_ORGANISMS),
+    ("B. Escherichia coli. Listeria monocytogenes is second.", MCQ_ORGANISMS),
+    ("Acute appendicitis, which is not the case", APPENDICITIS), ("Acute appendicitis, given the uncertainty", APPENDICITIS),
+    ("Acute appendicitis, which along with mesenteric adenitis remains possible", APPENDICITIS),
+    ("急性阑尾炎，因为尚不能确定", APPENDICITIS_ZH), ("急性阑尾炎，由于并非此病", APPENDICITIS_ZH),
+    ("Acute appendicitis‽", APPENDICITIS), ("Acute appendicitis ⸮", APPENDICITIS),
+    ("A\u0336c\u0336u\u0336t\u0336e\u0336 appendicitis", APPENDICITIS),  # struck through
+])
+def test_second_round_loopholes_are_closed(answer, case):
+    (result,) = ClinicalReward().score([RewardInput("q", f"<think>x</think>\nDiagnosis: {answer}", case.answer, case)])
+    assert result.reward != 1.0, (answer, case.answer, result.details["path"])
+
+
+@pytest.mark.parametrize(("answer", "case"), [
+    ("Community-acquired pneumonia (J18.9)", CAP),  # the gold name with its own code
+    ("Bilateral radial head subluxation", Case("q", "Bilateral radial head subluxation (RHS)")),  # an abbreviation
+    ("E. coli meningitis", MCQ_ORGANISMS),
+])
+def test_honest_answers_around_the_new_rules_are_still_paid(answer, case):
+    (result,) = ClinicalReward().score([RewardInput("q", f"<think>x</think>\nDiagnosis: {answer}", case.answer, case)])
+    assert result.reward == 1.0, (answer, case.answer, result.details["path"])
+
+
+def test_abbreviation_search_stays_linear_on_repeated_generic_words(verifier):
+    gold = ("Severe pneumonia caused by Aeromonas dhakensis infection with complications of septic shock, ARDS, "
+            "pre-existing severe atrial septal defect, and pulmonary hypertension")
+    answer = " ".join(w if w not in {"severe", "infection", "with", "of", "and"} else " ".join([w] * 8)
+                      for w in canonical(gold).split()) + " xq"
+    assert verifier.verify(answer, Case("q", gold)).verdict in ("undecided", "incorrect")  # in ms, not seconds
