@@ -135,74 +135,93 @@ def csv_records(file: Path) -> Iterator[tuple[str, dict[str, str]]]:
 # One record -> one Case
 
 
+class _RowReader:
+    """The schema fields of one record, read through the column mapping; errors name the record and the field."""
+
+    def __init__(self, row: dict, where: str, columns: Mapping[str, Column], from_text: bool) -> None:
+        self.row, self.where, self.columns, self.from_text = row, where, columns, from_text
+
+    def read(self, name: str) -> tuple[Any, str]:
+        """(value or _MISSING, the label errors use for the field)."""
+        column = self.columns.get(name)
+        if column is None:
+            return _MISSING, f"field {name!r}"
+        if not isinstance(column, str | tuple):
+            value = column.read(self.row, self.where, name, self.from_text)
+            return (_MISSING if value is None else value), column.label(name)
+        path = column if isinstance(column, tuple) else (column,)
+        label = f"field {name!r}" if path == (name,) else f"field {name!r} (column {'.'.join(path)!r})"
+        value: Any = self.row
+        for part in path:
+            if not isinstance(value, dict) or part not in value:
+                return _MISSING, label
+            value = value[part]
+        if self.from_text and value == "":
+            return _MISSING, label  # an empty CSV cell is an absent value
+        return value, label
+
+    def text(self, name: str, required: bool = False) -> str | None:
+        """A string field; None when absent or blank, unless `required` (then CaseFormatError)."""
+        value, label = self.read(name)
+        if value is _MISSING or value is None:
+            if required:
+                raise CaseFormatError(f"{self.where}: {label} missing")
+            return None
+        if not isinstance(value, str):
+            hint = " (map it as {column: ..., join: ', '} to join a list)" if isinstance(value, list) else ""
+            raise CaseFormatError(f"{self.where}: {label} must be a string, found {type(value).__name__}{hint}")
+        if not value.strip():
+            if required:
+                raise CaseFormatError(f"{self.where}: {label} is empty")
+            return None
+        return value
+
+    def case_id(self, default_id: str) -> str:
+        case_id, label = self.read("id")
+        if case_id is _MISSING or case_id is None or case_id == "":
+            return default_id
+        if isinstance(case_id, int) and not isinstance(case_id, bool):
+            return str(case_id)
+        if not isinstance(case_id, str):
+            raise CaseFormatError(
+                f"{self.where}: {label} must be a string or an integer, found {type(case_id).__name__}")
+        return case_id
+
+    def department(self) -> str | None:
+        """Matched without case: a file's "Cardiology" is `cardiology`."""
+        department = self.text("department")
+        if department is None:
+            return None
+        if department.strip().lower() not in DEPARTMENTS:
+            raise CaseFormatError(
+                f"{self.where}: {self.read('department')[1]} is {department!r}, not one of {', '.join(DEPARTMENTS)} "
+                "(map other names with fields.department: {column: ..., values: {NAME: DEPARTMENT}}, or set it to "
+                "null to derive it from icd10)")
+        return department.strip().lower()
+
+
 def row_to_case(row: Any, where: str, columns: Mapping[str, Column], default_id: str, default_language: str,
           default_source: str, mcq: bool = False, from_text: bool = False) -> Case:
     """Read the schema fields from `row` through `columns`; `mcq`: `answer` must be the gold option's text."""
     if not isinstance(row, dict):
         raise CaseFormatError(f"{where}: expected a JSON object, found {type(row).__name__}")
-
-    def read(name: str) -> tuple[Any, str]:
-        column = columns.get(name)
-        if column is None:
-            return _MISSING, f"field {name!r}"
-        if not isinstance(column, str | tuple):
-            value = column.read(row, where, name, from_text)
-            return (_MISSING if value is None else value), column.label(name)
-        path = column if isinstance(column, tuple) else (column,)
-        label = f"field {name!r}" if path == (name,) else f"field {name!r} (column {'.'.join(path)!r})"
-        value: Any = row
-        for part in path:
-            if not isinstance(value, dict) or part not in value:
-                return _MISSING, label
-            value = value[part]
-        if from_text and value == "":
-            return _MISSING, label  # an empty CSV cell is an absent value
-        return value, label
-
-    def text(name: str, required: bool = False) -> str | None:
-        value, label = read(name)
-        if value is _MISSING or value is None:
-            if required:
-                raise CaseFormatError(f"{where}: {label} missing")
-            return None
-        if not isinstance(value, str):
-            hint = " (map it as {column: ..., join: ', '} to join a list)" if isinstance(value, list) else ""
-            raise CaseFormatError(f"{where}: {label} must be a string, found {type(value).__name__}{hint}")
-        if not value.strip():
-            if required:
-                raise CaseFormatError(f"{where}: {label} is empty")
-            return None
-        return value
-
-    question, answer = text("question", required=True), text("answer", required=True)
-    case_id, label = read("id")
-    if case_id is _MISSING or case_id is None or case_id == "":
-        case_id = default_id
-    elif isinstance(case_id, int) and not isinstance(case_id, bool):
-        case_id = str(case_id)
-    elif not isinstance(case_id, str):
-        raise CaseFormatError(f"{where}: {label} must be a string or an integer, found {type(case_id).__name__}")
-    options = _options(*read("options"), where)
-    letter = text("answer_letter")
-    department, language = text("department"), text("language") or default_language
-    if department is not None:  # matched without case: a file's "Cardiology" is `cardiology`
-        if department.strip().lower() not in DEPARTMENTS:
-            raise CaseFormatError(
-                f"{where}: {read('department')[1]} is {department!r}, not one of {', '.join(DEPARTMENTS)} (map "
-                "other names with fields.department: {column: ..., values: {NAME: DEPARTMENT}}, or set it to null "
-                "to derive it from icd10)")
-        department = department.strip().lower()
+    fields = _RowReader(row, where, columns, from_text)
+    question, answer = fields.text("question", required=True), fields.text("answer", required=True)
+    options = _options(*fields.read("options"), where)
+    letter = fields.text("answer_letter")
+    language = fields.text("language") or default_language
     if language not in ("zh", "en"):
         raise CaseFormatError(f"{where}: field 'language' is {language!r}, not 'zh' or 'en'")
     if mcq:
         for name, value in (("options", options), ("answer_letter", letter)):
             if value is None:
-                raise CaseFormatError(f"{where}: {read(name)[1]} missing")
+                raise CaseFormatError(f"{where}: {fields.read(name)[1]} missing")
         if options.get(letter.strip()) != answer:
-            raise CaseFormatError(f"{where}: {read('answer')[1]} {answer!r} is not the text of option {letter!r}")
-    return make_case(where, question=question, answer=answer, id=case_id, options=options,
-                 answer_letter=letter.strip() if letter else None, icd10=text("icd10"),
-                 department=department, language=language, source=text("source") or default_source)
+            raise CaseFormatError(
+                f"{where}: {fields.read('answer')[1]} {answer!r} is not the text of option {letter!r}")
+    return make_case(where, question=question, answer=answer, id=fields.case_id(default_id), options=options,
+                 answer_letter=letter.strip() if letter else None, icd10=fields.text("icd10"),
+                 department=fields.department(), language=language, source=fields.text("source") or default_source)
 
 
 def _options(value: Any, label: str, where: str) -> dict[str, str] | None:

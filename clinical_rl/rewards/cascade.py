@@ -7,7 +7,6 @@ in a GRPO group or a later epoch costs nothing.
 from __future__ import annotations
 
 import threading
-import unicodedata
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from clinical_rl.data.cases import Case
 from clinical_rl.rewards.judge import LLMJudge
+from clinical_rl.rewards.name_forms import fold
 from clinical_rl.rewards.rule_verifier import RuleVerifier, Verdict
 
 
@@ -71,7 +71,7 @@ class CascadeVerifier:
     def _key(self, answer: str, case: Case) -> tuple:
         options = tuple(sorted(case.options.items())) if case.options else ()
         # Punctuation stays in the key: "A (B)" and "A, B" fold to one text but are judged differently.
-        return _fold(answer), _fold(case.answer), case.answer_letter, options, case.icd10
+        return fold(answer), fold(case.answer), case.answer_letter, options, case.icd10
 
     def _lookup(self, answer: str, case: Case) -> Decision | None:
         key = self._key(answer, case)
@@ -86,10 +86,6 @@ class CascadeVerifier:
             self._cache[self._key(answer, case)] = decision
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-
-
-def _fold(text: str) -> str:
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def _reference_text(case: Case) -> str:

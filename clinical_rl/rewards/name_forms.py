@@ -50,6 +50,11 @@ _ZH_NUMERAL = {"一": "1", "二": "2", "三": "3", "四": "4", "i": "1", "ii": "
 _ZH_NUMBERED = re.compile(r"(iii|ii|iv|i|一|二|三|四)(型|期|级)")
 
 
+def fold(text: str) -> str:
+    """Case, width (NFKC) and spacing folded; punctuation kept ("A (B)" and "A, B" stay apart)."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
 def canonical(name: str) -> str:
     """`name` folded as the module docstring says; '' for an empty name. Chinese text keeps only its characters."""
     text = _POSSESSIVE.sub("", unicodedata.normalize("NFKC", name))

@@ -16,7 +16,6 @@ diagnosis is the gold one.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,7 +30,7 @@ from clinical_rl.rewards.candidates import hedged, negated, split_candidates
 from clinical_rl.rewards.contrast import differ_by_contrast
 from clinical_rl.rewards.icd10_names import CODE_IN_TEXT, codes_in_text, codes_named, is_residual, relate_codes
 from clinical_rl.rewards.mcq import Verdict, choose_option, verify_mcq
-from clinical_rl.rewards.name_forms import CJK, UNSPECIFIED_SUFFIX, canonical, contains_phrase, name_forms
+from clinical_rl.rewards.name_forms import CJK, UNSPECIFIED_SUFFIX, canonical, contains_phrase, fold, name_forms
 
 @dataclass(frozen=True)
 class Judgement:
@@ -96,7 +95,7 @@ class RuleVerifier:
             return Judgement("incorrect", "empty")
         if _too_long(got, want):
             return Judgement("incorrect", "too_long")
-        if _fold(answer) == _fold(case.answer):  # the gold's own words (and punctuation), whatever they hold
+        if fold(answer).rstrip("。.") == fold(case.answer).rstrip("。."):  # the gold's own words and punctuation
             return Judgement("correct", "exact")
         if negated(answer) and not negated(case.answer):
             return Judgement("incorrect", "negated")
@@ -260,11 +259,6 @@ class RuleVerifier:
                 relations == {"incorrect"} or all(a[:3] != g[:3] for a in got for g in specified)):
             return Judgement("incorrect", "icd10_title_other")
         return None
-
-
-def _fold(text: str) -> str:
-    """Case, width and spacing folded; punctuation kept but for a closing full stop."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split()).rstrip("。.")
 
 
 def _name_sized(part: str) -> bool:
