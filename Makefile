@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Re-run the install only when the pins change.
 STAMP := $(VENV)/.setup-$(shell cat requirements/cpu.txt pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: setup demo test test-fast bench plan clean
+.PHONY: setup demo test test-fast bench plan clean bench-trl
 
 setup: $(STAMP)
 
@@ -43,3 +43,9 @@ bench: setup
 
 clean:
 	rm -rf runs wandb
+
+# TRL is a benchmark peer, never a dependency: it goes into its own directory beside .venv. --no-deps because its
+# runtime deps (accelerate, datasets, transformers, rich, ...) are in .venv already and pip must not swap their pins.
+bench-trl: setup
+	test -d .venv-trl/trl-1.16.0.dist-info || $(BIN)/pip install -q --no-deps --target .venv-trl trl==1.16.0
+	$(BIN)/python bench/rl_step_vs_trl.py --with-hf --with-ppo

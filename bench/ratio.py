@@ -10,5 +10,5 @@ def report_ratio(rates: dict[str, list[float]], numerator: str, denominator: str
     pairs = [x / y for x, y in zip(rates[numerator], rates[denominator], strict=True)]
     print(f"per-round ratios: {' '.join(f'{p:.2f}' for p in pairs)} (median {statistics.median(pairs):.2f})")
     a, b = statistics.median(rates[numerator]), statistics.median(rates[denominator])
-    print(f"RATIO {label} = {a / b:.2f} ({numerator} {a:.0f} {unit}, {denominator} {b:.0f} {unit}, "
+    print(f"RATIO {label} = {a / b:.2f} ({numerator} {a:.3g} {unit}, {denominator} {b:.3g} {unit}, "
           f"median of {len(pairs)})", flush=True)

@@ -99,8 +99,10 @@ class Experience:
     rollout: RolloutBatch
     scores: Tensor  # (B,) outcome reward; 0 where reward_ok is False (and masked out)
     reward_ok: Tensor  # (B,) bool: the verifier returned a valid reward
-    old_logp: Tensor  # (B, T) log pi_old(token) from the policy trainer before the update
-    ref_logp: Tensor  # (B, T) log pi_ref(token)
+    # (B, T) log pi_old(token) from the policy trainer before the update; None when the update is a single
+    # on-policy pass (`AlgoConfig.scores_old_policy`), where pi_old is the trainer's own detached logp.
+    old_logp: Tensor | None
+    ref_logp: Tensor | None  # (B, T) log pi_ref(token); None without a KL penalty (no reference model)
     values: Tensor | None  # (B, T) critic values V(s_t) before the update; None without a critic
     advantages: Tensor  # (B, T)
     returns: Tensor  # (B, T) value targets
@@ -117,8 +119,8 @@ class Experience:
             rollout=self.rollout.select(index),
             scores=self.scores[index],
             reward_ok=self.reward_ok[index],
-            old_logp=self.old_logp[index],
-            ref_logp=self.ref_logp[index],
+            old_logp=None if self.old_logp is None else self.old_logp[index],
+            ref_logp=None if self.ref_logp is None else self.ref_logp[index],
             values=None if self.values is None else self.values[index],
             advantages=self.advantages[index],
             returns=self.returns[index],

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from clinical_rl.data.departments import Department
 from clinical_rl.data.fields import CaseFields
 from clinical_rl.device import DeviceKind, DTypeName
 from clinical_rl.synthesis.filters import FilterConfig
@@ -126,6 +127,9 @@ class AlgoConfig(_Node):
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="KL estimator (Schulman 2020)")
     kl_in: Literal["reward", "loss"] = Field("reward", description="KL as per-token reward or as a loss term")
     normalize_advantages: bool = Field(True, description="whiten advantages over the batch")
+    tis_cap: float | None = Field(
+        None, gt=0, description="truncated importance sampling of the engine/trainer mismatch: each token's policy "
+        "loss weighted by min(pi_trainer/pi_engine, tis_cap) (TRL/OpenRLHF vLLM IS correction); null: off")
     ppo_epochs: int = Field(3, ge=1, description="passes over each rollout batch")
     rollout_batch_size: int = Field(16, ge=1, description="prompts per step")
     n_samples_per_prompt: int = Field(1, ge=1, description="responses per prompt")
@@ -138,6 +142,19 @@ class AlgoConfig(_Node):
     @property
     def samples_per_step(self) -> int:
         return self.rollout_batch_size * self.n_samples_per_prompt
+
+    @property
+    def use_reference(self) -> bool:
+        """A reference model runs only for a KL penalty."""
+        return self.kl_coef > 0
+
+    @property
+    def scores_old_policy(self) -> bool:
+        """Whether the policy scores the rollout before its update. One epoch over one minibatch is a single
+        on-policy pass: pi_old is then the trainer's own detached logp (as TRL does with num_iterations=1), and a
+        forward pass over the batch is saved, unless the KL is shaped into the rewards (it needs pi_old first)."""
+        single_pass = self.ppo_epochs == 1 and self.minibatch_size == self.samples_per_step
+        return not single_pass or (self.kl_in == "reward" and self.use_reference)
 
     @model_validator(mode="after")
     def _check(self) -> AlgoConfig:
@@ -155,6 +172,10 @@ DataFormat = Literal[
     "auto", "builtin", "huatuo_o1", "huatuo_o1_mcq", "medqa", "cmb_clin", "medrbench",
     "jsonl", "json", "csv", "parquet", "hf",
 ]
+
+
+DEPARTMENTS_HELP = "keep only the cases of these departments (built-in data: only their diseases); null: all"
+PER_DISEASE_HELP = "built-in data: generated vignettes per disease and language"
 
 
 FIELDS_HELP = ("schema field -> source column, null (not read), {column, join, values} (renamed column, list joined, "
@@ -176,6 +197,8 @@ class DataConfig(_Node):
     fields: CaseFields = Field(default_factory=dict, description=FIELDS_HELP)
     language: Literal["zh", "en"] | None = Field(None, description="override every case's language")
     limit: int | None = Field(None, ge=1, description="keep the first N cases in file order")
+    departments: list[Department] | None = Field(None, description=DEPARTMENTS_HELP)
+    builtin_per_disease: int = Field(1, ge=1, description=PER_DISEASE_HELP)
     system_prompt: str | None = Field(None, description="override the built-in think-then-answer instruction")
 
     @model_validator(mode="after")
@@ -210,6 +233,8 @@ class EvalBenchmarkConfig(_Node):
     language: Literal["zh", "en"] | None = Field(None, description="as data.language")
     seed: int | None = Field(None, description="seed of the split and the built-in generator; None: the run's")
     limit: int | None = Field(None, ge=1, description="first N cases (after the split, if any)")
+    departments: list[Department] | None = Field(None, description=DEPARTMENTS_HELP)
+    builtin_per_disease: int = Field(1, ge=1, description=PER_DISEASE_HELP)
     per_department: int | None = Field(None, ge=1, description="MedBench-Hard-style ICD-stratified split size")
 
     @model_validator(mode="after")
@@ -262,6 +287,8 @@ class SynthesisConfig(_Node):
     fields: CaseFields = Field(default_factory=dict, description=f"as data.fields: {FIELDS_HELP}")
     language: Literal["zh", "en"] | None = Field(None, description="as data.language")
     limit: int | None = Field(None, ge=1, description="first N cases in file order")
+    departments: list[Department] | None = Field(None, description=DEPARTMENTS_HELP)
+    builtin_per_disease: int = Field(1, ge=1, description=PER_DISEASE_HELP)
     teacher: Literal["search", "knowledge_base"] = Field(
         "search", description="search: an LLM's verifier-guided search (the paper); knowledge_base: rows written "
         "from the built-in knowledge base, no LLM (cold start without a strong synthesizer)")
@@ -295,12 +322,17 @@ class PipelineConfig(_Node):
 class PlacementConfig(_Node):
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="Ray PG strategy")
     colocate: bool = Field(False, description="policy, critic and reference share the policy ranks' bundles")
+    colocate_engines: bool = Field(
+        False, description="GPU: rollout engine i shares policy rank i's bundle and GPU; vLLM sleeps (weights "
+        "offloaded, KV cache freed) while the trainers run and wakes for the weight push and the next rollout")
 
 
 class RayConfig(_Node):
     address: str | None = Field(None, description="existing cluster ('auto' under ray job submit); None starts one")
     num_cpus: int | None = Field(None, description="CPUs of a locally started cluster")
     object_store_gib: float = Field(2.0, gt=0, description="object store of a locally started cluster")
+    log_level: Literal["WARNING", "INFO", "DEBUG"] = Field(
+        "WARNING", description="level of Ray's, vLLM's and DeepSpeed's own logs on the console (INFO: their chatter)")
 
 
 class TrackingConfig(_Node):
@@ -342,4 +374,10 @@ class RunConfig(_Node):
                 raise ValueError(f"{role}.world_size={ws} must divide algo.minibatch_size={self.algo.minibatch_size}")
         if self.placement.colocate and self.critic.world_size != self.policy.world_size:
             raise ValueError("placement.colocate needs critic.world_size == policy.world_size")
+        if self.placement.colocate_engines:
+            if self.device != "gpu":
+                raise ValueError("placement.colocate_engines needs device=gpu: vLLM's CPU backend cannot sleep (on CPU "
+                                 "the phases already run one after another on the node's cores)")
+            if self.rollout.num_engines != self.policy.world_size:
+                raise ValueError("placement.colocate_engines needs rollout.num_engines == policy.world_size")
         return self

@@ -65,6 +65,10 @@ class Device:
         may use every core while it is the one working.
         """
         os.environ.setdefault("DS_ACCELERATOR", self.deepspeed_accelerator)
+        if os.environ.get("CLINICAL_RL_LOG_LEVEL") == "WARNING":  # `ray.log_level`: no per-model load bars
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
         if not self.is_gpu:
             torch.set_num_threads(num_threads or os.cpu_count() or 1)
 

@@ -7,6 +7,7 @@ placement, actors, tracking, saving).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,6 +32,7 @@ from clinical_rl.roles import Roles, start_roles, stop_roles
 from clinical_rl.tracking import PhaseTimer, Tracker
 
 log = logging.getLogger(__name__)
+TokenScores = tuple[Tensor | None, Tensor | None, Tensor | None]  # old-policy logp, reference logp, values: (B, T)
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,11 @@ def rl_step(cfg: RunConfig, roles: Roles, cases: list[Case], prompts: list[str],
     with timer("step"):
         with timer("generate"):
             batch = generate(roles, cases, prompts, cfg.algo.n_samples_per_prompt)
+            roles.engines_done()
         with timer("reward"):
             results = score_rewards(roles, batch, cfg.reward)
         with timer("logprobs"):
-            old_logp, ref_logp, values = score_tokens(roles, batch)
+            old_logp, ref_logp, values = score_tokens(roles, batch, cfg.algo.scores_old_policy)
         with timer("advantages"):
             exp = make_experience(cfg.algo, batch, results, old_logp, ref_logp, values, cfg.reward.max_failed_frac)
         with timer("train"):
@@ -116,14 +119,30 @@ def score_on_actors(roles: Roles, items: list[RewardInput], cfg: RewardConfig) -
     return results
 
 
-def score_tokens(roles: Roles, batch: RolloutBatch) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Old-policy and reference logprobs and critic values, computed concurrently; (B, T) each."""
+def score_tokens(roles: Roles, batch: RolloutBatch, old_policy: bool) -> TokenScores:
+    """Old-policy logprobs (if `old_policy`), reference logprobs (if there is a reference) and critic values (if
+    there is a critic), (B, T) each, else None; concurrently where `roles.overlap`."""
     import ray
 
-    policy = _sharded_call(roles.policy, "logprobs", batch)
-    reference = roles.reference.logprobs.remote(ray.put(batch))
-    values = _sharded_call(roles.critic, "values", batch) if roles.critic else None
-    return _cat(policy), ray.get(reference), None if values is None else _cat(values)
+    batch_ref = ray.put(batch)
+    calls = {
+        "old": (lambda: _sharded_call(roles.policy, "logprobs", batch)) if old_policy else None,
+        "ref": (lambda: [roles.reference.logprobs.remote(batch_ref)]) if roles.reference else None,
+        "values": (lambda: _sharded_call(roles.critic, "values", batch)) if roles.critic else None,
+    }
+    wanted = {name: call for name, call in calls.items() if call is not None}
+    parts = dict(zip(wanted, _run_phase(roles, list(wanted.values()))))
+    return tuple(_cat(parts[name]) if name in parts else None for name in calls)  # type: ignore[return-value]
+
+
+def _run_phase(roles: Roles, calls: list[Callable[[], list]]) -> list[list]:
+    """Each call submits remote work and returns its refs; all run at once, or one after another on CPU."""
+    import ray
+
+    if roles.overlap:
+        refs = [call() for call in calls]
+        return [ray.get(r) for r in refs]
+    return [ray.get(call()) for call in calls]
 
 
 def _sharded_call(ranks: list, method: str, batch: RolloutBatch) -> list:
@@ -134,16 +153,14 @@ def _sharded_call(ranks: list, method: str, batch: RolloutBatch) -> list:
     return [getattr(rank, method).remote(ray.put(shard)) for rank, shard in zip(ranks, shards)]
 
 
-def _cat(refs: list) -> Tensor:
-    import ray
-
-    parts = ray.get(refs)
+def _cat(parts: list[Tensor]) -> Tensor:
     width = max(p.shape[1] for p in parts)
     return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
 
 
 def ppo_update(algo: AlgoConfig, roles: Roles, exp, seed: int) -> dict[str, float]:
-    """`ppo_epochs` passes of shuffled minibatches; policy and critic step concurrently on each."""
+    """`ppo_epochs` passes of shuffled minibatches; policy and critic step on each (concurrently where
+    `roles.overlap`)."""
     import ray
 
     exp_ref = ray.put(exp)
@@ -151,11 +168,10 @@ def ppo_update(algo: AlgoConfig, roles: Roles, exp, seed: int) -> dict[str, floa
     per_minibatch: list[dict[str, float]] = []
     for _ in range(algo.ppo_epochs):
         for index in torch.randperm(len(exp.rollout), generator=generator).split(algo.minibatch_size):
-            refs = [rank.update.remote(exp_ref, index) for rank in roles.policy + roles.critic]
-            results = ray.get(refs)
-            merged = dict(results[0])  # rank 0 of the policy
-            if roles.critic:
-                merged.update(results[len(roles.policy)])  # rank 0 of the critic
+            calls = [lambda group=group: [rank.update.remote(exp_ref, index) for rank in group]
+                     for group in (roles.policy, roles.critic) if group]
+            results = _run_phase(roles, calls)
+            merged = {k: v for ranks in results for k, v in ranks[0].items()}  # rank 0 of the policy and the critic
             per_minibatch.append(merged)
     keys = per_minibatch[0].keys()
     return {k: sum(m[k] for m in per_minibatch) / len(per_minibatch) for k in keys}
@@ -200,7 +216,9 @@ def preflight(cfg: RunConfig) -> tuple[Path, Path, list[Case], list[AuditPair]]:
             audit_pairs = load_pairs(cfg.reward.audit.pairs)
         except ValueError as err:
             raise ValueError(f"reward.audit.pairs: {err}") from None
-    cases = load_cases(cfg.data.path, cfg.data.format, cfg.data.fields, cfg.data.language, cfg.data.limit, cfg.seed)
+    d = cfg.data
+    cases = load_cases(d.path, d.format, d.fields, d.language, d.limit, cfg.seed, departments=d.departments,
+                       builtin_per_disease=d.builtin_per_disease)
     return model_path, critic_path, cases, audit_pairs
 
 

@@ -26,12 +26,16 @@ def make_experience(
     algo: AlgoConfig,
     batch: RolloutBatch,
     results: list[RewardResult],
-    old_logp: Tensor,
-    ref_logp: Tensor,
+    old_logp: Tensor | None,
+    ref_logp: Tensor | None,
     values: Tensor | None,
     max_failed_frac: float,
 ) -> Experience:
-    """Scores with status -> masked, KL-shaped token rewards -> advantages and returns."""
+    """Scores with status -> masked, KL-shaped token rewards -> advantages and returns.
+
+    `old_logp` None (a single on-policy pass): the KL is measured from the engine's logprobs of the same tokens;
+    `ref_logp` None (no KL penalty): the KL is 0.
+    """
     reward_ok = torch.tensor([r.status == "ok" for r in results])
     failed_frac = 1.0 - reward_ok.float().mean().item()
     if failed_frac > max_failed_frac:
@@ -41,7 +45,8 @@ def make_experience(
         )
     scores = torch.tensor([r.reward if r.status == "ok" else 0.0 for r in results], dtype=torch.float32)
     mask = batch.response_mask * reward_ok.unsqueeze(1)
-    kl = get_kl_estimator(algo.kl_estimator)(old_logp, ref_logp) * mask
+    behaviour = batch.rollout_logp if old_logp is None else old_logp
+    kl = torch.zeros_like(mask) if ref_logp is None else get_kl_estimator(algo.kl_estimator)(behaviour, ref_logp) * mask
     token_rewards = shape_token_rewards(scores, mask, kl if algo.kl_in == "reward" else None, algo.kl_coef)
     inputs = AdvantageInputs(
         token_rewards=token_rewards,
@@ -93,10 +98,13 @@ def experience_metrics(exp: Experience, statuses: list[str]) -> dict[str, float]
         "rollout/response_length_mean": lengths.mean().item(),
         "rollout/response_length_max": lengths.max().item(),
         "rollout/truncated_frac": exp.rollout.truncated.float().mean().item(),
-        # Engine vs trainer logprob of the same tokens: ~0 when weight sync and numerics agree.
-        "rollout/logp_mismatch": masked_mean((exp.old_logp - exp.rollout.rollout_logp).abs(),
-                                             exp.rollout.response_mask).item(),
+        # E[-log p(token)] over sampled tokens estimates the policy's entropy without a full-vocabulary pass.
+        "rollout/entropy_mc": masked_mean(-exp.rollout.rollout_logp, exp.rollout.response_mask).item(),
     }
+    if exp.old_logp is not None:  # else the policy trainer reports it from its own pass
+        # Engine vs trainer logprob of the same tokens: ~0 when weight sync and numerics agree.
+        m["rollout/logp_mismatch"] = masked_mean((exp.old_logp - exp.rollout.rollout_logp).abs(),
+                                                 exp.rollout.response_mask).item()
     for key, part in exp.extras.items():
         reported = part[~part.isnan()]
         if key == "kl" or not len(reported):  # a part no sample reported this step is absent, not NaN

@@ -72,7 +72,9 @@ def _run_stages(cfg: RunConfig, stages: list[str], out: Path, model: Path) -> Pi
                     for label, path in (("sft", sft_model), ("sft+rl" if sft_model else "rl", policy)) if path]
         eval_dir = Path(cfg.eval.out_dir or out / "eval")
         eval_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"out_dir": str(eval_dir)})})
-        _stage("eval", eval_dir, lambda: run_eval(eval_cfg, [*trained, *cfg.eval.models]))
+        curve = out / "ppo" / "metrics.jsonl"  # the RL run's per-step metrics: the report's training curve
+        curve = curve if policy and curve.is_file() else None
+        _stage("eval", eval_dir, lambda: run_eval(eval_cfg, [*trained, *cfg.eval.models], curve))
         report = eval_dir / REPORT
     return PipelineResult(synthesis, sft_model, policy, report)
 

@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from typing import Any
 
 from clinical_rl.config import RayConfig, RunConfig
@@ -45,8 +46,9 @@ def plan_placement(cfg: RunConfig) -> PlacementPlan:
         slots.append(Slot(role, index, len(bundles) - 1, num_cpus, device.actor_gpus() if gpu else 0.0))
         return len(bundles) - 1
 
-    for i in range(cfg.rollout.num_engines):
-        add("rollout", i, cfg.rollout.num_cpus)
+    if not cfg.placement.colocate_engines:
+        for i in range(cfg.rollout.num_engines):
+            add("rollout", i, cfg.rollout.num_cpus)
     trainer_roles = [("policy", cfg.policy.world_size, cfg.policy.num_cpus)]
     if cfg.algo.use_critic:
         trainer_roles.append(("critic", cfg.critic.world_size, cfg.critic.num_cpus))
@@ -56,7 +58,12 @@ def plan_placement(cfg: RunConfig) -> PlacementPlan:
         for role, world, cpus in trainer_roles:
             for rank in range(world):
                 add(role, rank, cpus)
-        add("reference", 0, cfg.reference.num_cpus)
+        if cfg.algo.use_reference:
+            add("reference", 0, cfg.reference.num_cpus)
+    if cfg.placement.colocate_engines:
+        for policy_slot in [sl for sl in slots if sl.role == "policy"]:
+            _join_bundle(device, bundles, slots, Slot("rollout", policy_slot.index, policy_slot.bundle,
+                                                      cfg.rollout.num_cpus, 0.0))
     for i in range(cfg.reward.num_actors):
         add("reward", i, cfg.reward.num_cpus, gpu=False)
     if cfg.reward.judge_engine is not None:
@@ -67,11 +74,20 @@ def plan_placement(cfg: RunConfig) -> PlacementPlan:
 def _colocate(cfg: RunConfig, device: Device, bundles: list[dict[str, float]], slots: list[Slot], roles: list[str]) -> None:
     """Policy rank i, critic rank i and (on rank 0) the reference share one bundle and split its GPU."""
     for rank in range(cfg.policy.world_size):
-        members = roles + (["reference"] if rank == 0 else [])
+        members = roles + (["reference"] if rank == 0 and cfg.algo.use_reference else [])
         cpus = {"policy": cfg.policy.num_cpus, "critic": cfg.critic.num_cpus, "reference": cfg.reference.num_cpus}
         bundles.append(device.bundle(sum(cpus[r] for r in members)))
         for role in members:
             slots.append(Slot(role, rank, len(bundles) - 1, cpus[role], device.actor_gpus(1.0 / len(members))))
+
+
+def _join_bundle(device: Device, bundles: list[dict[str, float]], slots: list[Slot], member: Slot) -> None:
+    """Add `member` to its bundle: the bundle grows by its CPUs and its members split the bundle's GPU evenly."""
+    bundles[member.bundle] = device.bundle(bundles[member.bundle]["CPU"] + member.num_cpus)
+    slots.append(member)
+    sharing = [i for i, sl in enumerate(slots) if sl.bundle == member.bundle]
+    for i in sharing:
+        slots[i] = replace(slots[i], num_gpus=device.actor_gpus(1.0 / len(sharing)))
 
 
 def format_plan(plan: PlacementPlan, bundle_nodes: list[str] | None = None) -> str:
@@ -133,10 +149,14 @@ def connect_ray(cfg: RayConfig) -> bool:
 
     if ray.is_initialized():
         return False
+    # Processes of a cluster this call starts inherit the environment: vLLM and DeepSpeed read their levels there.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", cfg.log_level)
+    os.environ.setdefault("CLINICAL_RL_LOG_LEVEL", cfg.log_level)
     ray.init(
         address=cfg.address,
         num_cpus=cfg.num_cpus,
         object_store_memory=None if cfg.address else int(cfg.object_store_gib * 1024**3),
         include_dashboard=False,
+        logging_level=cfg.log_level,
     )
     return True

@@ -32,9 +32,13 @@ class Roles:
     engines: list[Any]
     policy: list[Any]  # one handle per data-parallel rank
     critic: list[Any]  # empty without a critic (GRPO)
-    reference: Any
+    reference: Any | None  # None without a KL penalty
     rewards: list[Any]
     judge: Any | None = None  # in-cluster judge engine (reward.judge_engine)
+    # Whether the trainer roles may compute at the same time. On GPU each has its own device; on CPU they share the
+    # node's cores, and two processes of `cores` threads each run slower together than one after the other.
+    overlap: bool = True
+    sleep_engines: bool = False  # placement.colocate_engines: engines sleep while the colocated trainers run
     update_info: dict[str, list] | None = None  # what a weight push carries, fixed after the first
 
     def sync_weights(self) -> None:
@@ -43,9 +47,20 @@ class Roles:
 
         if self.update_info is None:
             self.update_info = ray.get(self.policy[0].weight_update_info.remote())
+        if self.sleep_engines:
+            ray.get([engine.wake_up.remote(["weights"]) for engine in self.engines])
         refs = [rank.broadcast_weights.remote() for rank in self.policy]
         refs += [engine.update_weights.remote(self.update_info) for engine in self.engines]
         ray.get(refs)
+        if self.sleep_engines:
+            ray.get([engine.wake_up.remote(["kv_cache"]) for engine in self.engines])
+
+    def engines_done(self) -> None:
+        """After a rollout: colocated engines go to sleep so the trainers get the GPU memory."""
+        import ray
+
+        if self.sleep_engines:
+            ray.get([engine.sleep.remote() for engine in self.engines])
 
     def save_policy(self, out_dir: Path) -> Path:
         """HF-format policy (collective over the ranks; rank 0 writes)."""
@@ -65,30 +80,31 @@ def start_roles(cfg: RunConfig, plan: PlacementPlan, pg: Any, model_path: Path, 
         ray.remote(RolloutEngine)
         .options(**actor_options(slot, pg))
         .remote(str(model_path), cfg.rollout, device, cfg.model.dtype, cfg.seed + slot.index,
-                cfg.model.trust_remote_code)
+                cfg.model.trust_remote_code, sleep_mode=cfg.placement.colocate_engines)
         for slot in plan.of("rollout")
     ]
     common = {"minibatch_size": cfg.algo.minibatch_size, "seed": cfg.seed}
     policy = trainer_group(
         PolicyTrainer, plan.of("policy"), pg, cfg.model, cfg.policy, device, model_path=str(model_path),
         temperature=cfg.rollout.temperature, kl_coef=cfg.algo.kl_coef, kl_estimator=cfg.algo.kl_estimator,
-        kl_in_loss=cfg.algo.kl_in == "loss", **common,
+        kl_in_loss=cfg.algo.kl_in == "loss" and cfg.algo.use_reference, tis_cap=cfg.algo.tis_cap, **common,
     )
     critic = trainer_group(
         CriticTrainer, plan.of("critic"), pg, cfg.model, cfg.critic, device, model_path=str(critic_path), **common
     )
-    (ref_slot,) = plan.of("reference")
-    reference = (
+    reference = next((
         ray.remote(ReferenceModel)
-        .options(**actor_options(ref_slot, pg))
+        .options(**actor_options(slot, pg))
         .remote(cfg.model, cfg.reference, device, model_path=str(model_path), temperature=cfg.rollout.temperature,
                 seed=cfg.seed)
-    )
+        for slot in plan.of("reference")
+    ), None)
     rewards = [ray.remote(RewardActor).options(**actor_options(s, pg)).remote(cfg.reward) for s in plan.of("reward")]
     judge = _start_judge(cfg, plan, pg, device)
-    ray.get([a.ready.remote() for a in [*engines, *policy, *critic, reference, *rewards, *([judge] if judge else [])]])
+    ray.get([a.ready.remote() for a in [*engines, *policy, *critic, *_present(reference, judge), *rewards]])
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
-    roles = Roles(tokenizer, engines, policy, critic, reference, rewards, judge)
+    roles = Roles(tokenizer, engines, policy, critic, reference, rewards, judge, overlap=device.is_gpu,
+                  sleep_engines=cfg.placement.colocate_engines)
     _connect_weight_sync(roles, plan.of("policy")[0], pg, cfg.rollout.weight_sync_bucket_mb)
     return roles
 
@@ -109,6 +125,11 @@ def _start_judge(cfg: RunConfig, plan: PlacementPlan, pg: Any, device: Device) -
         .options(name=judge.name, **actor_options(slot, pg))
         .remote(str(model), engine_cfg, device, judge.dtype, cfg.seed, cfg.model.trust_remote_code)
     )
+
+
+def _present(*actors: Any | None) -> list[Any]:
+    """The actors of optional roles that were started."""
+    return [a for a in actors if a is not None]
 
 
 def trainer_group(cls: type, slots: list[Slot], pg: Any, *args: Any, **kwargs: Any) -> list[Any]:
@@ -161,5 +182,5 @@ def stop_roles(roles: Roles) -> None:
         ray.get([engine.shutdown.remote() for engine in engines], timeout=60)
     except (GetTimeoutError, RayError) as err:  # still kill the actors below; say what may be left behind
         log.warning("vLLM engine shutdown failed (%s); its processes may outlive the run", err)
-    for actor in [*engines, *roles.policy, *roles.critic, roles.reference, *roles.rewards]:
+    for actor in [*engines, *roles.policy, *roles.critic, *_present(roles.reference), *roles.rewards]:
         ray.kill(actor)

@@ -115,3 +115,21 @@ def _json_line(step: int, metrics: Mapping[str, float]) -> str:
 
 def _fmt(value: float) -> str:
     return "nan" if math.isnan(value) else f"{value:.4g}"
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows `Tracker` wrote to a `metrics.jsonl`: `{"step": N, key: value or None}` each, in file order.
+
+    Raises:
+        ValueError: a line that is not a JSON object with a `step` (naming the file and line).
+    """
+    rows = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not JSON: {err}") from None
+        if not isinstance(row, dict) or "step" not in row:
+            raise ValueError(f"{path}:{number}: expected an object with a 'step'")
+        rows.append(row)
+    return rows

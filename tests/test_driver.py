@@ -94,6 +94,25 @@ def test_ppo_learns_the_candidate_task_across_a_resume(task_model, task_cases, t
     assert moved > 1e-3
 
 
+def test_ppo_learns_the_candidate_task_in_bf16(task_model, task_cases, tmp_path):
+    """The learning test's bar in bf16: bf16 weights and compute for every role (fp32 master weights in DeepSpeed's
+    optimizer), truncated importance sampling on. The engine/trainer gap is bf16 noise, well below a stale sync's."""
+    from clinical_rl.driver import run
+
+    cfg = task_config(
+        task_model, task_cases, tmp_path / "run", "steps=30", "model.dtype=bfloat16", "algo.rollout_batch_size=64",
+        "algo.minibatch_size=32", "algo.ppo_epochs=2", "policy.lr=3e-4", "critic.lr=1e-3", "algo.tis_cap=2.0",
+        "policy.micro_batch_size=32", "critic.micro_batch_size=32", "tracking.wandb_mode=disabled",
+    )
+    result = run(cfg)
+    accuracy = [h["reward/correct"] for h in result.history]
+    assert accuracy[0] < 2.0 / K, accuracy
+    assert sum(accuracy[-3:]) / 3 >= 0.8, accuracy
+    for step in result.history:
+        assert step["rollout/logp_mismatch"] < 0.1
+        assert 0.5 < step["rollout/tis_weight_mean"] <= 2.0
+
+
 def test_engine_and_trainer_agree_after_a_weight_sync(task_model, task_cases, tmp_path):
     """One real step, then vLLM's per-token logprobs of a sampled sequence equal the trainer's within 1e-3."""
     import ray

@@ -74,3 +74,35 @@ def test_all_failed_metrics_are_nan_not_zero():
     exp = make_experience(AlgoConfig(rollout_batch_size=3, minibatch_size=3), batch(), results, zeros, zeros, zeros, 1.0)
     m = experience_metrics(exp, ["error"] * 3)
     assert math.isnan(m["reward/mean"]) and m["reward/failed_frac"] == 1.0
+
+
+def test_single_on_policy_pass_measures_kl_and_entropy_from_the_engine_logprobs():
+    """old_logp None (no scoring pass): KL to the reference from the engine's logprobs, the entropy estimate is
+    -mean(engine logp), and the mismatch is left to the trainer; ref_logp None (no KL penalty): KL 0."""
+    b = batch()  # engine logp: row 0 [-0.1, -0.2, -0.3], row 1 [-0.5, -0.6], row 2 [-0.7]
+    results = [RewardResult(1.0, "ok")] * 3
+    algo = AlgoConfig(advantage="grpo", n_samples_per_prompt=3, rollout_batch_size=1, minibatch_size=3, ppo_epochs=1,
+                      kl_in="loss")
+    assert not algo.scores_old_policy and algo.use_reference
+    exp = make_experience(algo, b, results, None, torch.full((3, 5), -1.0), None, max_failed_frac=0.0)
+    # k1 per token = engine logp - ref logp = logp + 1; summed per row: (0.9 + 0.8 + 0.7), (0.5 + 0.4), 0.3
+    assert exp.extras["kl"].tolist() == pytest.approx([2.4, 0.9, 0.3])
+    m = experience_metrics(exp, ["ok"] * 3)
+    assert m["rollout/entropy_mc"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.5 + 0.6 + 0.7) / 6)
+    assert "rollout/logp_mismatch" not in m
+    no_kl = make_experience(algo.model_copy(update={"kl_coef": 0.0}), b, results, None, None, None, 0.0)
+    assert no_kl.extras["kl"].tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(("changes", "scores"), [
+    ({}, False),  # one epoch over one minibatch, KL in the loss: a single on-policy pass
+    ({"ppo_epochs": 2}, True),  # the second epoch is off-policy
+    ({"minibatch_size": 2}, True),  # the second minibatch is off-policy
+    ({"kl_in": "reward"}, True),  # KL shaping needs pi_old before the update
+    ({"kl_in": "reward", "kl_coef": 0.0}, False),  # ... unless there is no KL
+])
+def test_when_the_old_policy_is_scored(changes, scores):
+    settings = dict(advantage="grpo", n_samples_per_prompt=2, rollout_batch_size=2, minibatch_size=4, ppo_epochs=1,
+                    kl_in="loss") | changes
+    algo = AlgoConfig(**settings)
+    assert algo.scores_old_policy is scores

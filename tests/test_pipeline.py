@@ -51,6 +51,7 @@ def test_pipeline_runs_every_stage_and_resumes(task_model, task_cases, tmp_path,
     assert (first.policy.parent / COMPLETE).is_file() and (first.policy / "config.json").is_file()
     report = first.report.read_text()
     assert all(label in report for label in ("base", "sft", "sft+rl"))
+    assert "](charts/training.png)" in report and (first.report.parent / "charts" / "training.png").is_file()
 
     capsys.readouterr()
     second = run_pipeline(cfg)

@@ -1,5 +1,7 @@
 """Placement plan: one bundle per actor instance, CPU or GPU bundles from the device, colocation."""
 
+import pytest
+
 from clinical_rl.config_files import load_config
 from clinical_rl.placement import format_plan, plan_placement
 
@@ -39,3 +41,23 @@ def test_colocated_roles_share_a_bundle_and_split_its_gpu():
     assert plan.bundles[plan.of("policy")[0].bundle]["GPU"] == 1
     text = format_plan(plan)
     assert "policy[0], critic[0], reference[0]" in text and "policy[1], critic[1]" in text
+
+
+def test_colocated_engines_share_the_policy_ranks_bundles_on_gpu_only():
+    cfg = load_config(None, ["device=gpu", "placement.colocate_engines=true", "policy.world_size=2",
+                             "rollout.num_engines=2", "algo.minibatch_size=16"])
+    plan = plan_placement(cfg)
+    for rank in range(2):
+        policy, engine = plan.of("policy")[rank], plan.of("rollout")[rank]
+        assert engine.bundle == policy.bundle and engine.num_gpus == policy.num_gpus == 0.5
+        assert plan.bundles[policy.bundle] == {"GPU": 1, "CPU": cfg.policy.num_cpus + cfg.rollout.num_cpus}
+    assert "policy[0], rollout[0]" in format_plan(plan)
+    with pytest.raises(ValueError, match="vLLM's CPU backend cannot sleep"):
+        load_config(None, ["device=cpu", "placement.colocate_engines=true"])
+    with pytest.raises(ValueError, match="num_engines == policy.world_size"):
+        load_config(None, ["device=gpu", "placement.colocate_engines=true", "rollout.num_engines=2"])
+
+
+def test_no_reference_without_a_kl_penalty():
+    assert plan_placement(load_config(None, ["algo.kl_coef=0.03"])).of("reference")
+    assert not plan_placement(load_config(None, ["algo.kl_coef=0"])).of("reference")

@@ -50,6 +50,8 @@ def init_distributed(device: Device, rank: int, world_size: int, master_address:
     )
     import deepspeed
 
+    # `connect_ray` puts the run's `ray.log_level` here; DeepSpeed sets its logger to INFO on import.
+    deepspeed.utils.logger.setLevel(os.environ.get("CLINICAL_RL_LOG_LEVEL", "INFO"))
     deepspeed.init_distributed(
         dist_backend=device.collective_backend,
         auto_mpi_discovery=False,
@@ -116,9 +118,17 @@ def grad_accum_steps(minibatch_size: int, world_size: int, micro_batch_size: int
     return math.ceil(minibatch_size // world_size / micro_batch_size)
 
 
-def rank_micro_batches(index: Tensor, rank: int, world_size: int, micro_batch_size: int, steps: int) -> list[Tensor]:
-    """This rank's rows of minibatch `index` (its `shard_rows` shard), split into `steps` micro-batches."""
+def rank_micro_batches(index: Tensor, rank: int, world_size: int, micro_batch_size: int, steps: int,
+                       lengths: Tensor | None = None) -> list[Tensor]:
+    """This rank's rows of minibatch `index` (its `shard_rows` shard), split into `steps` micro-batches.
+
+    With `lengths` (tokens per row of the whole batch), rows of similar length share a micro-batch: each is trimmed
+    to its longest row, so sorting cuts the padding computed. The loss is normalised by the minibatch's global
+    token count, so the order of the rows does not change the gradient.
+    """
     mine = index[shard_rows(len(index), rank, world_size)]
+    if lengths is not None:
+        mine = mine[lengths[mine].argsort(descending=True, stable=True)]
     micro = list(mine.split(micro_batch_size))
     if len(micro) != steps:
         raise ValueError(
@@ -144,7 +154,8 @@ def train_minibatch(
     engine.train()
     num_tokens = float(exp.mask[index].sum())  # GLOBAL: the same denominator on every rank
     sums: dict[str, float] = defaultdict(float)
-    for rows in rank_micro_batches(index, rank, world_size, micro_batch_size, grad_accum):
+    lengths = exp.rollout.attention_mask.sum(dim=1)
+    for rows in rank_micro_batches(index, rank, world_size, micro_batch_size, grad_accum, lengths):
         for key, value in micro_step(exp.select(rows), num_tokens).items():
             sums[key] += value
     tokens, seen_tokens, norm = sums.pop("tokens"), sums.pop("seen_tokens"), sums.pop("grad_norm")

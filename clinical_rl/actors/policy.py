@@ -15,8 +15,12 @@ from clinical_rl.actors.deepspeed_engine import (
     backward_step, build_engine, grad_accum_steps, load_hf_model, train_minibatch,
 )
 from clinical_rl.actors.trainer_rank import GroupRank, TrainerRank
-from clinical_rl.actors.scoring import next_token_entropy, next_token_logprobs, score_batch
-from clinical_rl.algorithms.losses import kl_penalty_loss, masked_mean, masked_sum, ppo_policy_loss
+from clinical_rl.actors.scoring import (
+    causal_lm_logits, first_scored_position, score_batch, window_entropy, window_logprobs,
+)
+from clinical_rl.algorithms.losses import (
+    kl_penalty_loss, masked_mean, masked_sum, ppo_policy_loss, truncated_is_weights,
+)
 from clinical_rl.batch import Experience, RolloutBatch, trim_to_content
 from clinical_rl.config import ModelConfig, PolicyConfig
 from clinical_rl.device import Device
@@ -40,12 +44,14 @@ class PolicyTrainer(TrainerRank):
         kl_estimator: str,
         kl_in_loss: bool,
         seed: int,
+        tis_cap: float | None = None,
     ) -> None:
         super().__init__(cfg, device, model_path, group, seed)
         self.cfg: PolicyConfig = cfg
         self.sender: WeightSender | None = None
         self.temperature, self.kl_coef = temperature, kl_coef
         self.kl_estimator, self.kl_in_loss = kl_estimator, kl_in_loss
+        self.tis_cap = tis_cap  # truncated importance sampling of the engine/trainer mismatch (None: off)
         self.grad_accum = grad_accum_steps(minibatch_size, group.world_size, cfg.micro_batch_size)
         hf = load_hf_model(AutoModelForCausalLM, model_path, model, cfg.gradient_checkpointing)
         self.engine = build_engine(hf, cfg, model.dtype, self.grad_accum)
@@ -53,9 +59,6 @@ class PolicyTrainer(TrainerRank):
     def module(self) -> nn.Module:
         """The (possibly ZeRO-3 partitioned) HF model, for weight sync."""
         return self.engine.module
-
-    def _logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.engine(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     @torch.no_grad()
     def logprobs(self, batch: RolloutBatch) -> Tensor:
@@ -66,8 +69,9 @@ class PolicyTrainer(TrainerRank):
         self.engine.eval()
 
         def fn(input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor) -> Tensor:
-            logits = self._logits(input_ids, attention_mask)
-            return next_token_logprobs(logits, input_ids, self.temperature, response_mask)
+            start = first_scored_position(response_mask)
+            logits = causal_lm_logits(self.engine, input_ids, attention_mask, start)
+            return window_logprobs(logits, input_ids, start, self.temperature, response_mask)
 
         return score_batch(fn, batch, self.cfg.micro_batch_size, self.torch_device)
 
@@ -84,36 +88,51 @@ class PolicyTrainer(TrainerRank):
     def _micro_step(self, mb: Experience, num_tokens: float) -> dict[str, float]:
         """Forward, loss and backward of one micro-batch; returns token-weighted metric sums."""
         r = mb.rollout
-        input_ids, attention_mask, mask, old_logp, advantages, ref_logp = (
+        zeros = torch.zeros_like(r.rollout_logp)  # stands in for what this step does not have
+        input_ids, attention_mask, mask, old_logp, advantages, ref_logp, rollout_logp = (
             t.to(self.torch_device)
             for t in trim_to_content(
-                r.input_ids, mb.mask, mb.old_logp, mb.advantages, mb.ref_logp, attention_mask=r.attention_mask
+                r.input_ids, mb.mask, zeros if mb.old_logp is None else mb.old_logp, mb.advantages,
+                zeros if mb.ref_logp is None else mb.ref_logp, r.rollout_logp, attention_mask=r.attention_mask,
             )
         )
-        logits = self._logits(input_ids, attention_mask)
-        logp = next_token_logprobs(logits, input_ids, self.temperature, mask)
+        start = first_scored_position(mask)
+        logits = causal_lm_logits(self.engine, input_ids, attention_mask, start)
+        logp = window_logprobs(logits, input_ids, start, self.temperature, mask)
+        n = float(mask.sum())
+        sums: dict[str, float] = {}
+        if mb.old_logp is None:  # a single on-policy pass: pi_old is this very forward, without its gradient
+            old_logp = logp.detach()
+            sums["rollout/logp_mismatch"] = masked_sum((old_logp - rollout_logp).abs(), mask).item()
+        if self.tis_cap is not None:
+            # The loss is linear in the advantage on both sides of its max: weighting the advantage by w >= 0
+            # weights the token's loss by w.
+            weights = truncated_is_weights(old_logp, rollout_logp, mask, self.tis_cap)
+            advantages = advantages * weights
+            sums["rollout/tis_weight_mean"] = masked_sum(weights, mask).item()
+            sums["rollout/tis_truncated_frac"] = masked_sum((weights >= self.tis_cap).float(), mask).item()
         pg_loss, stats = ppo_policy_loss(
             logp, old_logp, advantages, mask, self.cfg.clip_eps_low, self.cfg.clip_eps_high, num_tokens
         )
         loss = pg_loss
-        with torch.set_grad_enabled(self.cfg.entropy_coef > 0):  # metric only unless it is in the loss
-            entropy = next_token_entropy(logits, self.temperature, mask)
         if self.cfg.entropy_coef > 0:
+            # A full-vocabulary pass per token, so only when it is in the loss; `rollout/entropy_mc` estimates it
+            # for free otherwise.
+            entropy = window_entropy(logits, start, self.temperature, mask)
             loss = loss - self.cfg.entropy_coef * masked_mean(entropy, mask, num_tokens)
+            sums["policy/entropy"] = masked_sum(entropy.detach(), mask).item()
         kl = torch.zeros(())
         if self.kl_in_loss:
             kl = kl_penalty_loss(logp, ref_logp, mask, self.kl_estimator, num_tokens)
             loss = loss + self.kl_coef * kl
         norm = backward_step(self.engine, loss, self.world_size)
-        n = float(mask.sum())
-        sums = {
+        sums |= {
             "tokens": n,
             "seen_tokens": float(attention_mask.sum()),
             "grad_norm": 0.0 if norm is None else norm,  # set by the micro-batch that stepped the optimizer
             "loss/policy": pg_loss.item() * num_tokens,
             "policy/clipfrac": stats.clipfrac * n,
             "policy/approx_kl": stats.approx_kl * n,
-            "policy/entropy": masked_sum(entropy.detach(), mask).item(),
         }
         if self.kl_in_loss:
             sums["kl/loss"] = kl.item() * num_tokens

@@ -10,7 +10,7 @@ from torch import Tensor
 from transformers import AutoModelForCausalLM
 
 from clinical_rl.actors.deepspeed_engine import load_hf_model
-from clinical_rl.actors.scoring import next_token_logprobs, score_batch
+from clinical_rl.actors.scoring import causal_lm_logits, first_scored_position, score_batch, window_logprobs
 from clinical_rl.batch import RolloutBatch
 from clinical_rl.config import ModelConfig, ReferenceConfig
 from clinical_rl.device import Device
@@ -44,7 +44,8 @@ class ReferenceModel:
         """(B, T) fp32 log pi_ref(token) at the sampling temperature on response tokens, 0 elsewhere."""
 
         def fn(input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor) -> Tensor:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-            return next_token_logprobs(logits, input_ids, self.temperature, response_mask)
+            start = first_scored_position(response_mask)
+            logits = causal_lm_logits(self.model, input_ids, attention_mask, start)
+            return window_logprobs(logits, input_ids, start, self.temperature, response_mask)
 
         return score_batch(fn, batch, self.cfg.micro_batch_size, self.torch_device)

@@ -62,10 +62,14 @@ class RolloutEngine:
         dtype: str,
         seed: int,
         trust_remote_code: bool = False,
+        sleep_mode: bool = False,
     ) -> None:
+        """`sleep_mode` (GPU, `placement.colocate_engines`): the engine can free its GPU memory between rollouts."""
         if not device.is_gpu:
             _configure_cpu_env(cfg.kv_cache_gib)
         memory = {"gpu_memory_utilization": cfg.gpu_memory_utilization} if device.is_gpu else {}
+        if sleep_mode:
+            memory["enable_sleep_mode"] = True
         self.cfg = cfg
         self.backend = weight_transfer_backend(device)
         self.llm = LLM(
@@ -145,6 +149,15 @@ class RolloutEngine:
         finally:
             # Cached KV blocks were computed with the old weights, also after a failed (partial) update.
             self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        """Offload the weights to host memory and drop the KV cache (vLLM sleep level 1), freeing the GPU for the
+        trainers colocated with this engine."""
+        self.llm.sleep(level=1)
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Bring back `tags` ("weights", "kv_cache"; None: both): weights before a push, KV cache before a rollout."""
+        self.llm.wake_up(tags=tags)
 
     def shutdown(self) -> None:
         """Stop vLLM's engine-core and worker processes."""

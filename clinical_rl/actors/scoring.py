@@ -7,7 +7,7 @@ position 0 has no prediction and gets 0.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -53,31 +53,59 @@ def shift_right(x: Tensor) -> Tensor:
     return F.pad(x, (1, 0))
 
 
-def next_token_logprobs(logits: Tensor, input_ids: Tensor, temperature: float = 1.0,
-                        mask: Tensor | None = None) -> Tensor:
-    """Causal-LM logits -> token-aligned logp. (B, T, V), (B, T) -> (B, T) fp32, logp[:, 0] = 0.
+def first_scored_position(mask: Tensor) -> int:
+    """Smallest t >= 1 where any row of `mask` (B, T) is nonzero (1 when none is): tokens before it need no logits."""
+    columns = mask[:, 1:].any(dim=0).nonzero()
+    return 1 + int(columns[0]) if len(columns) else 1
+
+
+def causal_lm_logits(model: Callable[..., Any], input_ids: Tensor, attention_mask: Tensor, start: int) -> Tensor:
+    """(B, T - start, V) logits at positions start-1 .. T-2, i.e. the predictions of tokens start .. T-1.
+
+    `logits_to_keep` makes the HF model run its LM head (hidden x vocabulary, the largest matmul of a small
+    model) only there: the prompt, usually half of a row, is read but never projected onto the vocabulary.
+    """
+    keep = torch.arange(start - 1, input_ids.shape[1] - 1, device=input_ids.device)
+    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep).logits
+
+
+def window_logprobs(logits: Tensor, input_ids: Tensor, start: int, temperature: float = 1.0,
+                    mask: Tensor | None = None) -> Tensor:
+    """Logits (B, T - start, V) predicting tokens start .. T-1 -> token-aligned logp (B, T) fp32, 0 before `start`.
 
     `mask` (B, T), aligned to tokens: compute only where it is nonzero (e.g. the response), 0 elsewhere.
     """
-    shifted = None if mask is None else mask[:, 1:]
-    return shift_right(token_logprobs(logits[:, :-1], input_ids[:, 1:], temperature, shifted))
+    window = None if mask is None else mask[:, start:]
+    return F.pad(token_logprobs(logits, input_ids[:, start:], temperature, window), (start, 0))
 
 
-def next_token_entropy(logits: Tensor, temperature: float = 1.0, mask: Tensor | None = None) -> Tensor:
-    """Entropy of the distribution each token was sampled from. (B, T, V) -> (B, T) fp32, 0 at position 0.
+def window_entropy(logits: Tensor, start: int, temperature: float = 1.0, mask: Tensor | None = None) -> Tensor:
+    """Entropy of the distribution each token start .. T-1 was sampled from: (B, T - start, V) -> (B, T) fp32.
 
     Row by row for the same memory reason as `token_logprobs`; with `mask`, only where it is nonzero.
     """
-    ids = torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device)[:, 1:]
-    shifted = _rows_of(None if mask is None else mask[:, 1:], logits)
-    rows = [_at(lambda row, _: entropy_from_logits(row), row[:-1], row_ids, temperature, row_mask)
-            for row, row_ids, row_mask in zip(logits, ids, shifted)]
-    return shift_right(torch.stack(rows))
+    ids = torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device)
+    window = _rows_of(None if mask is None else mask[:, start:], logits)
+    rows = [_at(lambda row, _: entropy_from_logits(row), row, row_ids, temperature, row_mask)
+            for row, row_ids, row_mask in zip(logits, ids, window)]
+    return F.pad(torch.stack(rows), (start, 0))
 
 
-def micro_batches(num_rows: int, micro_batch_size: int) -> list[Tensor]:
-    """Row indices `0..num_rows-1` in consecutive chunks of at most `micro_batch_size`."""
-    return list(torch.arange(num_rows).split(micro_batch_size))
+def next_token_logprobs(logits: Tensor, input_ids: Tensor, temperature: float = 1.0,
+                        mask: Tensor | None = None) -> Tensor:
+    """Full causal-LM logits (B, T, V) -> token-aligned logp (B, T) fp32, logp[:, 0] = 0 (see `window_logprobs`)."""
+    return window_logprobs(logits[:, :-1], input_ids, 1, temperature, mask)
+
+
+def next_token_entropy(logits: Tensor, temperature: float = 1.0, mask: Tensor | None = None) -> Tensor:
+    """Full causal-LM logits (B, T, V) -> token-aligned entropy (B, T) fp32, 0 at position 0 (see `window_entropy`)."""
+    return window_entropy(logits[:, :-1], 1, temperature, mask)
+
+
+def micro_batches(lengths: Tensor, micro_batch_size: int) -> list[Tensor]:
+    """Row indices in chunks of at most `micro_batch_size`, longest rows first: rows of similar length (tokens,
+    `lengths` (B,)) share a chunk, so trimming each chunk to its longest row leaves little padding."""
+    return list(lengths.argsort(descending=True, stable=True).split(micro_batch_size))
 
 
 def score_batch(fn: ScoreFn, batch: RolloutBatch, micro_batch_size: int, device: torch.device) -> Tensor:
@@ -86,7 +114,7 @@ def score_batch(fn: ScoreFn, batch: RolloutBatch, micro_batch_size: int, device:
     Each micro-batch is trimmed to its longest row first, so short rows do not pay for the batch width.
     """
     out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
-    for rows in micro_batches(len(batch), micro_batch_size):
+    for rows in micro_batches(batch.attention_mask.sum(dim=1), micro_batch_size):
         input_ids, attention_mask, response_mask = trim_to_content(
             batch.input_ids[rows], batch.response_mask[rows], attention_mask=batch.attention_mask[rows]
         )

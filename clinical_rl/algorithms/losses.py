@@ -93,6 +93,19 @@ def ppo_policy_loss(
     return loss, stats
 
 
+def truncated_is_weights(old_logp: Tensor, rollout_logp: Tensor, mask: Tensor, cap: float) -> Tensor:
+    """min(pi_trainer(token) / pi_engine(token), cap) on response tokens, 0 elsewhere. (B, T) each -> (B, T).
+
+    The engine samples with its own numerics (bf16 kernels, another attention) and the trainer scores the same
+    tokens differently; weighting each token's policy loss by this ratio corrects the gradient for that mismatch
+    (truncated importance sampling: Yao et al. 2025, "Your Efficient RL Framework Secretly Brings You Off-Policy RL
+    Training"; TRL's `vllm_importance_sampling_cap`, OpenRLHF's vLLM IS correction). The log-ratio is clamped to
+    +-20 first so that no finite input overflows.
+    """
+    log_ratio = torch.where(mask.bool(), old_logp - rollout_logp, 0.0).clamp(-20.0, 20.0)
+    return torch.exp(log_ratio).clamp(max=cap) * mask
+
+
 def value_loss(
     values: Tensor,
     old_values: Tensor,

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from clinical_rl.data.cases import Case
 from clinical_rl.data.fields import SCHEMA_FIELDS, FieldSpec, parse_fields
+from clinical_rl.data.departments import DEPARTMENTS
 from clinical_rl.data.generator import generate_cases
+from clinical_rl.data.knowledge_base import load_knowledge_base
 from clinical_rl.data.public_datasets import (
     load_cmb_clin,
     load_huatuo_o1,
@@ -53,12 +55,17 @@ def load_cases(
     language: str | None = None,
     limit: int | None = None,
     seed: int = 0,
+    *,
+    departments: Sequence[str] | None = None,
+    builtin_per_disease: int = 1,
 ) -> list[Case]:
     """Cases from `path` in format `fmt` ('auto': by the shared file's name, else by extension; a directory is `hf`).
 
     `fields` maps schema fields to source columns, `None`, or `FieldMapping`s or their dicts (generic formats
     only); `language` overrides every case's language (the built-in cases are generated in that language only);
     `limit` keeps the first `limit` cases in file order; `seed` seeds the built-in case generator.
+    `departments` keeps only cases of those departments (`data.departments.DEPARTMENTS`; the built-in generator
+    draws only their diseases); `builtin_per_disease` is the number of built-in vignettes per disease and language.
 
     Raises:
         ValueError: an unknown format or language, a bad field mapping, or `fields` with a named format.
@@ -76,8 +83,11 @@ def load_cases(
         raise ValueError(f"language override {language!r} is not 'zh' or 'en'")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
+    unknown = sorted(set(departments or ()) - set(DEPARTMENTS))
+    if unknown:
+        raise ValueError(f"unknown departments {unknown}; valid: {', '.join(DEPARTMENTS)}")
     if fmt == "builtin":
-        cases = load_builtin(seed, (language,) if language else ("en", "zh"))
+        cases = load_builtin(seed, (language,) if language else ("en", "zh"), departments, builtin_per_disease)
     else:
         file = Path(path)
         if not file.exists():
@@ -88,6 +98,10 @@ def load_cases(
             cases = _GENERIC[fmt](file, column_map(fields))
         if not cases:
             raise CaseFormatError(f"{file}: no cases")
+    if departments:
+        cases = [c for c in cases if c.department in departments]
+        if not cases:
+            raise CaseFormatError(f"{path}: no cases of the departments {list(departments)}")
     if language is not None:
         cases = [dataclasses.replace(c, language=language) for c in cases]
     if limit is not None and limit < len(cases):
@@ -111,9 +125,13 @@ def detect_format(path: str | Path) -> str:
                      f"{', '.join(FORMATS)}")
 
 
-def load_builtin(seed: int = 0, languages: tuple[str, ...] = ("en", "zh")) -> list[Case]:
-    """The embedded default dataset: one generated vignette per knowledge-base disease and language."""
-    return generate_cases(seed=seed, languages=languages)
+def load_builtin(seed: int = 0, languages: tuple[str, ...] = ("en", "zh"), departments: Sequence[str] | None = None,
+                 per_disease: int = 1) -> list[Case]:
+    """The embedded default dataset: `per_disease` generated vignettes per knowledge-base disease (of
+    `departments`, default all) and language."""
+    diseases = [d for d in load_knowledge_base() if not departments or d.department in departments]
+    return generate_cases(per_disease * len(diseases) * len(languages), seed=seed, languages=languages,
+                          diseases=diseases)
 
 
 # ----------------------------------------------------------------------------------------------------------------

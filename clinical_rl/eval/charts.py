@@ -26,7 +26,7 @@ from clinical_rl.eval.report_base import (
     model_order,
 )
 
-__all__ = ["plot_departments", "plot_languages", "plot_models_overall", "render_charts"]
+__all__ = ["plot_departments", "plot_languages", "plot_models_overall", "plot_training_curve", "render_charts"]
 
 DPI = 120
 
@@ -179,6 +179,34 @@ def plot_models_overall(rows: Sequence[GroupRow], path: Path, *, value_labels: b
         xlabel="benchmark",
         value_labels=value_labels,
     )
+
+
+TRAINING_CURVE_KEYS = {"reward/mean": "mean reward", "reward/correct": "accuracy (verifier: correct)",
+                       "reward/format_ok": "think format ok"}
+
+
+def plot_training_curve(history: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Per-step reward, accuracy and format rate of an RL run (`metrics.jsonl` rows, `{"step": N, key: value}`)
+    as lines over the steps; PNG at `path`. Keys absent from every row are left out; null/NaN values are gaps."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.add_subplot()
+    steps = [row["step"] for row in history]
+    for key, label in TRAINING_CURVE_KEYS.items():
+        values = [math.nan if row.get(key) is None else float(row[key]) for row in history]
+        if not all(math.isnan(v) for v in values):
+            ax.plot(steps, values, marker="o", label=label)
+    ax.set(xlabel="RL step", ylabel="share of rollouts / reward", ylim=(0, 1.05), title="Training curve (rollouts)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    try:
+        with atomic_file(Path(path), "wb") as f:
+            fig.savefig(f, format="png", dpi=DPI)
+    finally:
+        fig.clear()
+    return Path(path)
 
 
 def file_slug(text: str) -> str:

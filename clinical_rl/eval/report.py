@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from clinical_rl.data.departments import DEPARTMENT_ZH
-from clinical_rl.eval.charts import render_charts
+from clinical_rl.eval.charts import plot_training_curve, render_charts
 from clinical_rl.eval.records import REPORT, GroupRow, Prediction
 from clinical_rl.eval.report_base import (
     atomic_file,
@@ -273,8 +273,12 @@ def write_report(
     out_dir: Path,
     *,
     title: str = "clinical_rl evaluation",
+    training_history: Sequence[Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write `predictions.jsonl`, `summary.json`, `charts/*.png` and `report.md` (last) under `out_dir`.
+
+    `training_history`: the `metrics.jsonl` rows of the RL run that produced a model in the report; its per-step
+    reward and accuracy become `charts/training.png`.
 
     Every file is replaced atomically, so a re-run into the same directory never leaves a half-written file;
     charts of an earlier run that this one does not produce are removed. Returns the path of `report.md`.
@@ -286,13 +290,16 @@ def write_report(
     summary = [_finite(asdict(row)) for row in rows]
     _write_text(out_dir / "summary.json", json.dumps(summary, ensure_ascii=False, indent=2, allow_nan=False) + "\n")
     charts = render_charts(rows, chart_dir)
+    if training_history:
+        charts["Training curve: reward and accuracy of the RL rollouts per step"] = plot_training_curve(
+            training_history, chart_dir / "training.png")
     report = _write_text(
         out_dir / REPORT, markdown_report(rows, title=title, charts=charts, relative_to=out_dir)
     )
     produced = {p.resolve() for p in charts.values()}
     if chart_dir.is_dir():
         for stale in chart_dir.iterdir():
-            ours = re.fullmatch(r"(overall|departments_.+|languages_.+)\.png", stale.name)
+            ours = re.fullmatch(r"(overall|training|departments_.+|languages_.+)\.png", stale.name)
             if ours and stale.resolve() not in produced:
                 stale.unlink(missing_ok=True)
     return report

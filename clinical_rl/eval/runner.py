@@ -46,10 +46,13 @@ class EvalResult:
     predictions: list[Prediction]
 
 
-def run_eval(cfg: RunConfig, models: Sequence[EvalModelConfig] | None = None) -> EvalResult:
-    """Evaluate `models` (default: `cfg.eval.models`) on `cfg.eval.benchmarks` and write the report."""
+def run_eval(cfg: RunConfig, models: Sequence[EvalModelConfig] | None = None,
+             training_metrics: Path | None = None) -> EvalResult:
+    """Evaluate `models` (default: `cfg.eval.models`) on `cfg.eval.benchmarks` and write the report; with
+    `training_metrics` (an RL run's `metrics.jsonl`), the report shows that run's training curve too."""
     from clinical_rl.eval.report import write_report
     from clinical_rl.eval.scorers import summarize
+    from clinical_rl.tracking import read_metrics
 
     ev = cfg.eval
     models = list(models if models is not None else ev.models)
@@ -68,7 +71,8 @@ def run_eval(cfg: RunConfig, models: Sequence[EvalModelConfig] | None = None) ->
                 predictions += judge_replies(name, model.label, cases, replies, verifier, ev, think_opened=opened)
     rows = summarize(predictions, n_resamples=ev.bootstrap_resamples, seed=cfg.seed)
     out_dir = Path(ev.out_dir or Path(cfg.output_dir) / "eval").resolve()  # chart links relative to the report
-    report = write_report(rows, predictions, out_dir)
+    history = read_metrics(training_metrics) if training_metrics is not None else None
+    report = write_report(rows, predictions, out_dir, training_history=history)
     _log_to_wandb(cfg, rows, predictions)
     return EvalResult(report, rows, predictions)
 
@@ -77,7 +81,8 @@ def load_benchmark(b: EvalBenchmarkConfig, seed: int) -> list[Case]:
     from clinical_rl.eval.splits import build_split
 
     seed = seed if b.seed is None else b.seed
-    cases = load_cases(b.path, b.format, b.fields or None, b.language, None, seed)
+    cases = load_cases(b.path, b.format, b.fields or None, b.language, None, seed, departments=b.departments,
+                       builtin_per_disease=b.builtin_per_disease)
     if b.per_department:
         cases = build_split(cases, b.per_department, seed=seed)
     return cases[: b.limit] if b.limit else cases

@@ -200,7 +200,8 @@ def synthesis_cases(cfg: RunConfig) -> list[Case]:
     from clinical_rl.data.loaders import load_cases
 
     s = cfg.synthesis
-    return load_cases(s.path, s.format, s.fields, s.language, s.limit, cfg.seed)
+    return load_cases(s.path, s.format, s.fields, s.language, s.limit, cfg.seed, departments=s.departments,
+                      builtin_per_disease=s.builtin_per_disease)
 
 
 def synthesize(cfg: RunConfig) -> SynthesisSummary:

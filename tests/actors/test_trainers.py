@@ -19,7 +19,10 @@ from clinical_rl.data.cases import Case
 from clinical_rl.actors.critic import CriticTrainer, load_value_model
 from clinical_rl.actors.policy import PolicyTrainer
 from clinical_rl.actors.reference import ReferenceModel
-from clinical_rl.actors.scoring import next_token_entropy, next_token_logprobs, token_logprobs
+from clinical_rl.actors.scoring import (
+    causal_lm_logits, first_scored_position, next_token_entropy, next_token_logprobs, token_logprobs, window_entropy,
+    window_logprobs,
+)
 from clinical_rl.actors.trainer_rank import GroupRank
 from clinical_rl.algorithms.losses import value_loss
 from clinical_rl.batch import Experience, RolloutBatch
@@ -79,14 +82,14 @@ def make_batch(seed: int = 0, lengths: list[int] = LENGTHS) -> RolloutBatch:
     )
 
 
-def make_experience(batch: RolloutBatch, old_logp: torch.Tensor, row_advantages: list[float], **kw) -> Experience:
+def make_experience(batch: RolloutBatch, logp: torch.Tensor, row_advantages: list[float], **kw) -> Experience:
+    """`logp` serves as old and reference logprobs unless `kw` says otherwise."""
     b = len(batch)
     advantages = torch.tensor(row_advantages).unsqueeze(1) * batch.response_mask
-    fields = dict(scores=torch.zeros(b), reward_ok=torch.ones(b, dtype=torch.bool), ref_logp=old_logp, values=None)
+    fields = dict(scores=torch.zeros(b), reward_ok=torch.ones(b, dtype=torch.bool), ref_logp=logp, values=None,
+                  old_logp=logp)
     fields.update(kw)
-    return Experience(
-        rollout=batch, old_logp=old_logp, advantages=advantages, returns=torch.zeros_like(old_logp), **fields
-    )
+    return Experience(rollout=batch, advantages=advantages, returns=torch.zeros_like(logp), **fields)
 
 
 @torch.no_grad()
@@ -159,6 +162,27 @@ def test_masked_scoring_computes_only_the_masked_positions_and_keeps_gradients()
     assert logits.grad[0, :2].abs().sum() == 0 and logits.grad[0, 2:4].abs().sum() > 0  # token t from logits t-1
 
 
+@torch.no_grad()
+def test_lm_head_runs_only_from_the_first_response_token_and_scores_match_full_logits(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    batch = make_batch(seed=3)
+    mask = batch.response_mask.clone()
+    mask[0, :7] = 0  # responses start at 7, 4, 5, 4: the window starts at the earliest, 4
+    mask[2, :5] = 0
+    start = first_scored_position(mask)
+    assert start == PROMPT_LEN
+    ids, am = batch.input_ids, batch.attention_mask
+    logits = causal_lm_logits(model, ids, am, start)
+    assert logits.shape[:2] == (len(batch), ids.shape[1] - start)  # no logits for the prompt-only columns
+    full = model(input_ids=ids, attention_mask=am).logits
+    torch.testing.assert_close(window_logprobs(logits, ids, start, 0.7, mask),
+                               next_token_logprobs(full, ids, 0.7, mask))
+    torch.testing.assert_close(window_entropy(logits, start, 0.7, mask), next_token_entropy(full, 0.7, mask))
+    assert first_scored_position(torch.zeros(2, 5)) == 1  # nothing to score: the whole row (still valid)
+
+
 def test_reference_logprobs_match_hf(tiny_model):
     batch = make_batch()
     ref = ReferenceModel(
@@ -186,11 +210,31 @@ def test_positive_advantages_raise_logp(policy):
     metrics = get(policy.update.remote(make_experience(batch, before, [1.0] * 4), torch.arange(4)))
     after = get(policy.logprobs.remote(batch))
     assert (response_logp(after, batch) > response_logp(before, batch)).all()
-    expected = {"loss/policy", "policy/clipfrac", "policy/approx_kl", "policy/entropy", "policy/grad_norm",
+    expected = {"loss/policy", "policy/clipfrac", "policy/approx_kl", "policy/grad_norm",
                 "policy/lr", "perf/policy_tokens_per_s"}
-    assert expected <= metrics.keys() and "kl/loss" not in metrics
+    # No kl in the loss, no entropy bonus (its full-vocabulary pass is skipped), old logp given: none of these.
+    absent = {"kl/loss", "policy/entropy", "rollout/logp_mismatch", "rollout/tis_weight_mean"}
+    assert expected <= metrics.keys() and not absent & metrics.keys()
     assert all(math.isfinite(v) for v in metrics.values())
     assert metrics["loss/policy"] == pytest.approx(-1.0) and metrics["policy/grad_norm"] > 0
+
+
+def test_single_on_policy_pass_without_old_logp_equals_scoring_it_first(ray_cluster, tiny_model):
+    """`old_logp=None` (AlgoConfig.scores_old_policy False) takes pi_old as the update's own detached forward: in
+    fp32 that is the same number the separate scoring pass gives, so both updates land on the same weights."""
+    batch = replace(make_batch(seed=4), rollout_logp=make_batch(seed=4).response_mask * -1.0)
+    scored, unscored = start_policy(tiny_model), start_policy(tiny_model)
+    old = get(scored.logprobs.remote(batch))
+    advantages = [1.0, -0.5, 0.25, -1.0]
+    with_old = get(scored.update.remote(make_experience(batch, old, advantages), torch.arange(4)))
+    without = get(unscored.update.remote(make_experience(batch, old, advantages, old_logp=None), torch.arange(4)))
+    torch.testing.assert_close(get(unscored.logprobs.remote(batch)), get(scored.logprobs.remote(batch)), atol=1e-6,
+                               rtol=0)
+    assert without["loss/policy"] == pytest.approx(with_old["loss/policy"], abs=1e-6)
+    # The trainer reports the engine/trainer mismatch itself when no scoring pass did: |logp - (-1)|.
+    mask = batch.response_mask.bool()
+    assert without["rollout/logp_mismatch"] == pytest.approx((old[mask] + 1.0).abs().mean().item(), abs=1e-5)
+    ray.kill(scored), ray.kill(unscored)
 
 
 def test_save_pretrained_roundtrip(policy, tmp_path: Path):

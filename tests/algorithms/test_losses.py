@@ -13,6 +13,7 @@ from clinical_rl.algorithms.losses import (
     masked_sum,
     masked_whiten,
     ppo_policy_loss,
+    truncated_is_weights,
     value_loss,
 )
 
@@ -192,3 +193,14 @@ def test_explained_variance() -> None:
     assert explained_variance(values, returns, mask) == pytest.approx(0.85, abs=1e-6)
     assert explained_variance(returns, returns, mask) == pytest.approx(1.0, abs=1e-6)
     assert math.isnan(explained_variance(values, torch.ones(2, 3), mask))
+
+
+def test_truncated_is_weights_golden_and_finite_on_extremes() -> None:
+    old = torch.tensor([[-1.0, -2.0, -0.5, -3.0]])
+    engine = torch.tensor([[-1.5, -1.0, -0.5, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    # exp(-1 + 1.5) = exp(0.5) = 1.6487 -> capped at 1.5; exp(-2 + 1) = exp(-1) = 0.36788; exp(0) = 1; masked -> 0
+    assert_close(truncated_is_weights(old, engine, mask, cap=1.5), torch.tensor([[1.5, math.exp(-1.0), 1.0, 0.0]]))
+    # A log-ratio of -1e4 would underflow to exactly 0 and one of +1e4 overflow: clamped to +-20 first.
+    wild = truncated_is_weights(torch.tensor([[-1e4, 0.0]]), torch.tensor([[0.0, -1e4]]), torch.ones(1, 2), cap=2.0)
+    assert_close(wild, torch.tensor([[math.exp(-20.0), 2.0]]))

@@ -110,6 +110,28 @@ def test_builtin_is_the_generated_knowledge_base_dataset():
     assert load_cases("builtin", limit=5) == load_cases("builtin")[:5]
 
 
+def test_departments_and_vignettes_per_disease_scope_the_builtin_data():
+    cases = load_cases("builtin", language="en", departments=["respiratory"], builtin_per_disease=3, seed=1)
+    assert len(cases) == 12 * 3 and {c.department for c in cases} == {"respiratory"}  # 12 respiratory diseases
+    assert len({c.question for c in cases}) == len(cases)  # three different vignettes of each disease
+    assert {c.answer for c in cases} == {c.answer for c in cases[:12]}  # every disease in each round
+    one = load_cases("builtin", language="en", departments=["respiratory"], seed=1)
+    assert [c.question for c in one] == [c.question for c in cases[:12]]  # the first round is the same
+    with pytest.raises(ValueError, match="unknown departments \\['pulmonology'\\]"):
+        load_cases("builtin", departments=["pulmonology"])
+
+
+def test_departments_filter_any_case_file(tmp_path):
+    file = tmp_path / "cases.jsonl"
+    file.write_text("\n".join(json.dumps(r) for r in [
+        {"question": "q1", "answer": "Asthma", "icd10": "J45.9"},
+        {"question": "q2", "answer": "Gout", "icd10": "M10.9"},
+    ]) + "\n")
+    assert [c.question for c in load_cases(file, departments=["respiratory"])] == ["q1"]
+    with pytest.raises(CaseFormatError, match="no cases of the departments"):
+        load_cases(file, departments=["cardiology"])
+
+
 def test_language_override_and_limit(shared):
     cases = load_cases(str(shared / "medqa_usmle_test.jsonl"), language="zh", limit=5)
     assert [c.id for c in cases] == ["0", "1", "2", "3", "4"]

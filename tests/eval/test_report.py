@@ -283,6 +283,18 @@ def test_write_report_writes_everything(tmp_path):
         _assert_real_chart(out / chart)
 
 
+def test_training_curve_of_the_rl_run_is_charted_and_linked(tmp_path):
+    history = [{"step": 1, "reward/mean": 0.3, "reward/correct": 0.25, "reward/format_ok": 1.0},
+               {"step": 2, "reward/mean": None, "reward/correct": 0.5},  # a NaN step and a missing key: gaps
+               {"step": 3, "reward/mean": 0.7, "reward/correct": 0.75, "reward/format_ok": 1.0}]
+    out = tmp_path / "eval"
+    md = write_report(make_rows(), make_predictions(), out, training_history=history).read_text(encoding="utf-8")
+    assert "charts/training.png" in _files(out) and "](charts/training.png)" in md
+    _assert_real_chart(out / "charts" / "training.png")
+    write_report(make_rows(), make_predictions(), out)  # a report without an RL run drops the stale curve
+    assert "charts/training.png" not in _files(out)
+
+
 def test_write_report_rerun_overwrites_cleanly(tmp_path, monkeypatch):
     out = tmp_path / "eval"
     write_report(make_rows(), make_predictions(), out)
