@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Re-run the install only when the pins change.
 STAMP := $(VENV)/.setup-$(shell cat requirements/cpu.txt pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: setup demo test test-fast bench plan clean bench-trl
+.PHONY: setup demo test test-fast bench plan clean bench-trl ray-head
 
 setup: $(STAMP)
 
@@ -43,6 +43,16 @@ bench: setup
 
 clean:
 	rm -rf runs wandb
+
+# A local Ray head for `ray job submit` (launch/README.md). A job's entrypoint runs in a shell of the head, with the
+# head's PATH: .venv/bin goes first on it so `python -m clinical_rl` (and `clinical-rl`) resolve. Token auth,
+# stated rather than left to Ray 2.60's default (on when ~/.ray/auth_token exists, which any local run writes):
+# the token is made once; the submitting shell needs RAY_AUTH_MODE=token too. Stop it with `$(BIN)/ray stop`.
+RAY_HEAD_CPUS ?= 4
+ray-head: setup
+	$(BIN)/ray get-auth-token --generate >/dev/null
+	PATH="$(CURDIR)/$(BIN):$$PATH" RAY_AUTH_MODE=token $(BIN)/ray start --head --dashboard-host=127.0.0.1 \
+		--num-cpus=$(RAY_HEAD_CPUS) --object-store-memory=$$((2 * 1024 * 1024 * 1024)) --disable-usage-stats
 
 # TRL is a benchmark peer, never a dependency: it goes into its own directory beside .venv. --no-deps because its
 # runtime deps (accelerate, datasets, transformers, rich, ...) are in .venv already and pip must not swap their pins.

@@ -61,18 +61,19 @@ def main() -> None:
     sys.stdout = sys.stderr  # everything but the protocol lines goes to stderr
     from clinical_rl.data.loaders import load_builtin
     from clinical_rl.data.prompts import render_prompt
-    from clinical_rl.driver import rl_step
+    from clinical_rl.rl.driver import rl_step
     from clinical_rl.models import check_model_dir
-    from clinical_rl.placement import connect_ray, create_placement_group, plan_placement
-    from clinical_rl.roles import start_roles, stop_roles
+    from clinical_rl.launch.cluster import connect_ray
+    from clinical_rl.launch.placement import create_placement_group, plan_placement
+    from clinical_rl.rl.roles import start_roles, stop_roles
 
     cfg = bench_config(args)
     model = check_model_dir(cfg.model.path, "model.path")
     cases = load_builtin(seed=0, languages=("en",))[: args.prompts]
     connect_ray(cfg.ray)
     plan = plan_placement(cfg)
-    pg, _ = create_placement_group(plan)
-    roles = start_roles(cfg, plan, pg, model, model)
+    pg, nodes = create_placement_group(plan)
+    roles = start_roles(cfg, plan, pg, nodes, model, model)
     prompts = [render_prompt(roles.tokenizer, c, cfg.data.system_prompt) for c in cases]
     print("BENCH READY", file=protocol, flush=True)
     step = 0

@@ -48,7 +48,7 @@ class BareVLLM:
         from vllm import LLM
 
         from clinical_rl.actors.rollout import _EXTENSION
-        from clinical_rl.weight_sync import GLOO_BACKEND
+        from clinical_rl.rl.weight_sync.wire import GLOO_BACKEND
 
         self.cfg, self.next_seed = cfg, seed << 32  # the same per-request seed schedule as RolloutEngine
         self.llm = LLM(model=model_dir, dtype=dtype, seed=seed, trust_remote_code=False,
@@ -79,7 +79,8 @@ def main() -> None:
     from clinical_rl.config import RolloutConfig, RunConfig
     from clinical_rl.device import Device
     from clinical_rl.models import prepare_embedded_model
-    from clinical_rl.placement import actor_options, create_placement_group, plan_placement
+    from clinical_rl.launch.actors import actor_options
+    from clinical_rl.launch.placement import create_placement_group, plan_placement
 
     model_dir = args.model or str(prepare_embedded_model())
     cfg = RolloutConfig(kv_cache_gib=1, max_new_tokens=args.max_new_tokens, temperature=1.0)

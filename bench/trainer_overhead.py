@@ -20,12 +20,14 @@ from clinical_rl.actors.policy import PolicyTrainer
 from clinical_rl.actors.scoring import next_token_logprobs
 from clinical_rl.actors.trainer_rank import GroupRank
 from clinical_rl.algorithms.losses import ppo_policy_loss
-from clinical_rl.batch import Experience, RolloutBatch, trim_to_content
-from clinical_rl.config import AlgoConfig, ModelConfig, PolicyConfig, RunConfig
+from clinical_rl.rl.batch import Experience, RolloutBatch, trim_to_content
+from clinical_rl.config import AlgoConfig, PolicyConfig, RunConfig
+from clinical_rl.config_base import ModelConfig
 from clinical_rl.data.cases import Case
 from clinical_rl.device import Device, torch_dtype
 from clinical_rl.models import prepare_embedded_model
-from clinical_rl.placement import actor_options, create_placement_group, node_address_and_free_port, plan_placement
+from clinical_rl.launch.actors import actor_options
+from clinical_rl.launch.placement import create_placement_group, node_address_and_free_port, plan_placement
 from ratio import report_ratio  # bench/ is sys.path[0] when a script runs
 
 SAMPLES = 8  # rows of the synthetic Experience = one minibatch = one optimizer step (2 micro-batches of 4)

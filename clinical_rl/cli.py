@@ -11,7 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from clinical_rl.config import EvalBenchmarkConfig, EvalModelConfig, RunConfig
+from clinical_rl.config import RunConfig
+from clinical_rl.config_stages import EvalBenchmarkConfig, EvalModelConfig
 from clinical_rl.config_files import ConfigError, dump_config, load_config
 from clinical_rl.rewards.server_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_FIELD_CHARS, DEFAULT_MAX_ITEMS
 
@@ -83,6 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "plan":
         return _plan(cfg)
+    if args.command in ("ppo", "pipeline", "eval", "synth"):  # the commands that write under output_dir
+        from clinical_rl.launch.cluster import check_job_outputs
+
+        try:
+            check_job_outputs(cfg)
+        except ValueError as err:
+            print(f"clinical-rl: {err}", file=sys.stderr)
+            return 2
     if args.command == "serve-reward":
         return _serve_reward(cfg, args)
     if args.command == "verifier-audit":
@@ -97,10 +106,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plan(cfg: RunConfig) -> int:
-    from clinical_rl.placement import format_plan, plan_placement
+    """Resolved config, bundles, then per node / GPU the role instances and their memory; 1 if it cannot run."""
+    from clinical_rl.launch.layout import format_memory_plan, plan_memory
+    from clinical_rl.launch.placement import format_plan, plan_placement
 
     print(dump_config(cfg))
-    print(format_plan(plan_placement(cfg)))
+    try:
+        print(format_plan(plan_placement(cfg)))
+        memory = plan_memory(cfg)
+    except ValueError as err:
+        print(f"clinical-rl plan: {err}", file=sys.stderr)
+        return 1
+    print(format_memory_plan(memory, cfg))
+    if memory.problems:
+        print("clinical-rl plan: the layout does not fit:\n  " + "\n  ".join(memory.problems), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -163,16 +183,22 @@ def parse_fields_arg(text: str) -> dict:
 
 
 def _run_job(job: Callable[[], object]) -> int:
-    """Run a long job; bad input (a file, a value, a failing verifier) is one line on stderr and exit code 2."""
-    from clinical_rl.experience import RewardFailureError
+    """Run a long job. Bad input (a file, a value, a failing verifier, an unreachable cluster, a placement group
+    never placed) is one line on stderr and exit code 2; a run stopped by a lost trainer is one line (how to
+    resume) and exit code 3."""
+    from clinical_rl.rl.experience import RewardFailureError
+    from clinical_rl.rl.faults import RunStopped
 
     # SIGTERM (job cancel, pod eviction) unwinds like Ctrl-C, so the job kills its actors and Ray on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         job()
-    except (FileNotFoundError, ValueError, RewardFailureError) as err:
+    except (FileNotFoundError, ValueError, RewardFailureError, ConnectionError, TimeoutError) as err:
         print(f"clinical-rl: {err}", file=sys.stderr)
         return 2
+    except RunStopped as err:  # an actor the run cannot restart was lost: the message says how to resume
+        print(f"clinical-rl: {err}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -239,7 +265,7 @@ def _verifier_audit(cfg: RunConfig, args: argparse.Namespace) -> int:
 
 
 def _ppo(cfg: RunConfig) -> int:
-    from clinical_rl.driver import run
+    from clinical_rl.rl.driver import run
 
     def job() -> None:
         result = run(cfg)

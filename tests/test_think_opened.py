@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from clinical_rl.config import EvalConfig, EvalModelConfig, RunConfig
+from clinical_rl.config import RunConfig
+from clinical_rl.config_stages import EvalConfig, EvalModelConfig
 from clinical_rl.data.cases import Case
 from clinical_rl.data.prompts import prompt_opens_think, render_prompt, template_opens_think
 from clinical_rl.eval.runner import judge_replies, model_opens_think

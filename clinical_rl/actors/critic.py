@@ -18,8 +18,9 @@ from clinical_rl.actors.deepspeed_engine import (
 from clinical_rl.actors.trainer_rank import GroupRank, TrainerRank
 from clinical_rl.actors.scoring import score_batch, shift_right
 from clinical_rl.algorithms.losses import masked_sum, value_loss
-from clinical_rl.batch import Experience, RolloutBatch, trim_to_content
-from clinical_rl.config import CriticConfig, ModelConfig
+from clinical_rl.rl.batch import Experience, RolloutBatch, trim_to_content
+from clinical_rl.config import CriticConfig
+from clinical_rl.config_base import ModelConfig
 from clinical_rl.device import Device, torch_dtype
 
 VALUE_HEAD_FILE = "value_head.safetensors"

@@ -27,8 +27,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from clinical_rl.batch import Experience, shard_rows
-from clinical_rl.config import ModelConfig, TrainerConfig
+from clinical_rl.rl.batch import Experience, shard_rows
+from clinical_rl.config import TrainerConfig
+from clinical_rl.config_base import ModelConfig
 from clinical_rl.device import Device, torch_dtype
 
 _PRECISION: dict[str, dict[str, Any]] = {

@@ -21,10 +21,11 @@ from clinical_rl.actors.scoring import (
 from clinical_rl.algorithms.losses import (
     kl_penalty_loss, masked_mean, masked_sum, ppo_policy_loss, truncated_is_weights,
 )
-from clinical_rl.batch import Experience, RolloutBatch, trim_to_content
-from clinical_rl.config import ModelConfig, PolicyConfig
+from clinical_rl.rl.batch import Experience, RolloutBatch, trim_to_content
+from clinical_rl.config import PolicyConfig
+from clinical_rl.config_base import ModelConfig
 from clinical_rl.device import Device
-from clinical_rl.weight_sync import WeightSender, iter_full_params, weight_update_info
+from clinical_rl.rl.weight_sync.trainer_side import WeightSender, iter_full_params, weight_update_info
 
 
 class PolicyTrainer(TrainerRank):

@@ -11,8 +11,9 @@ from transformers import AutoModelForCausalLM
 
 from clinical_rl.actors.deepspeed_engine import load_hf_model
 from clinical_rl.actors.scoring import causal_lm_logits, first_scored_position, score_batch, window_logprobs
-from clinical_rl.batch import RolloutBatch
-from clinical_rl.config import ModelConfig, ReferenceConfig
+from clinical_rl.rl.batch import RolloutBatch
+from clinical_rl.config import ReferenceConfig
+from clinical_rl.config_base import ModelConfig
 from clinical_rl.device import Device
 
 

@@ -12,11 +12,11 @@ import os
 from vllm import LLM, RequestOutput, SamplingParams
 from vllm.inputs import TokensPrompt
 
-from clinical_rl.batch import Sample
+from clinical_rl.rl.batch import Sample
 from clinical_rl.config import RolloutConfig
 from clinical_rl.device import Device
 from clinical_rl.llm_client import ChatReply
-from clinical_rl.weight_sync import engine_init_info, weight_transfer_backend
+from clinical_rl.rl.weight_sync.wire import engine_init_info, weight_transfer_backend
 
 _EXTENSION = "clinical_rl.actors.vllm_worker.WeightSyncExtension"
 _FINISH_REASONS = ("stop", "length")
@@ -79,6 +79,7 @@ class RolloutEngine:
             trust_remote_code=trust_remote_code,
             enforce_eager=cfg.enforce_eager,
             max_model_len=cfg.max_model_len,
+            tensor_parallel_size=cfg.tensor_parallel_size,
             # Sampled-token logprobs after temperature/top-p: the distribution the tokens were drawn from.
             logprobs_mode="processed_logprobs",
             worker_extension_cls=_EXTENSION,
@@ -141,7 +142,7 @@ class RolloutEngine:
         self.llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": info})
 
     def update_weights(self, update_info: dict) -> None:
-        """Receive one push (`weight_sync.weight_update_info(...)`); blocks until the trainer has sent it."""
+        """Receive one push (announced by `weight_update_info` of the trainer side); blocks until it was sent."""
         self.llm.collective_rpc("start_weight_update")
         try:
             self.llm.collective_rpc("update_weights", kwargs={"update_info": update_info})

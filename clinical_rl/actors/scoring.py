@@ -1,6 +1,6 @@
 """Per-token log-probabilities and entropies from causal-LM logits, and micro-batched scoring. Pure torch.
 
-Alignment (see `clinical_rl.batch`): position `t` holds the quantity for generating token `t`, so
+Alignment (see `clinical_rl.rl.batch`): position `t` holds the quantity for generating token `t`, so
 `logp[:, t] = log p(input_ids[:, t] | input_ids[:, :t])` comes from the logits at position `t - 1`;
 position 0 has no prediction and gets 0.
 """
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clinical_rl.algorithms.losses import entropy_from_logits
-from clinical_rl.batch import RolloutBatch, trim_to_content
+from clinical_rl.rl.batch import RolloutBatch, trim_to_content
 
 # (input_ids, attention_mask, response_mask) (b, t) -> aligned (b, t) scores; the response mask says where they count
 ScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]

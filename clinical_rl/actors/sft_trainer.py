@@ -18,7 +18,8 @@ from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
 from clinical_rl.actors.deepspeed_engine import backward_step, build_engine, load_hf_model
 from clinical_rl.actors.trainer_rank import GroupRank, TrainerRank
-from clinical_rl.config import ModelConfig, SFTConfig
+from clinical_rl.config import SFTConfig
+from clinical_rl.config_base import ModelConfig
 from clinical_rl.device import Device, torch_dtype
 from clinical_rl.sft.packing import PackedBatch, label_loss_sum
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from clinical_rl.config import EvalBenchmarkConfig, EvalConfig, EvalModelConfig, RunConfig
+from clinical_rl.config import RunConfig
+from clinical_rl.config_stages import EvalBenchmarkConfig, EvalConfig, EvalModelConfig
 from clinical_rl.data.cases import Case
 from clinical_rl.data.loaders import load_cases
 from clinical_rl.data.prompts import case_messages, template_opens_think
@@ -160,39 +161,19 @@ def _verdict(decision: Decision) -> str:
 
 @contextlib.contextmanager
 def open_backend(model: EvalModelConfig, cfg: RunConfig) -> Iterator[ChatBackend]:
-    """An endpoint client, or `eval.num_engines` vLLM engine actors that live for this model's evaluation."""
+    """An endpoint client, or `eval.engine.num_engines` vLLM engine actors that live for this model's evaluation."""
     ev = cfg.eval
     if model.path is None:
         yield OpenAIChat(model.model or "", model.base_url, model.api_key_env, ev.timeout_s, 2, ev.max_in_flight)
         return
-    import ray
-
-    from clinical_rl.actors.rollout import RolloutEngine
-    from clinical_rl.config import RolloutConfig
     from clinical_rl.device import Device
+    from clinical_rl.launch.engines import engine_pool
     from clinical_rl.models import check_model_dir
-    from clinical_rl.placement import connect_ray
 
     path = check_model_dir(model.path, f"eval.models[{model.label}].path")
-    started_ray = connect_ray(cfg.ray)
-    device = Device(cfg.device)
-    engine_cfg = RolloutConfig(num_cpus=ev.engine_num_cpus, max_model_len=ev.max_model_len,
-                               kv_cache_gib=ev.kv_cache_gib)
-    engines = [
-        ray.remote(RolloutEngine).options(num_cpus=ev.engine_num_cpus, num_gpus=device.actor_gpus())
-        .remote(str(path), engine_cfg, device, ev.dtype, cfg.seed + i, cfg.model.trust_remote_code)
-        for i in range(ev.num_engines)
-    ]
-    try:
-        ray.get([e.ready.remote() for e in engines])
+    with engine_pool(ev.engine, path, cfg.ray, device=Device(cfg.device), dtype=cfg.model.dtype, seed=cfg.seed,
+                     trust_remote_code=cfg.model.trust_remote_code, what=f"engines of {model.label}") as engines:
         yield EngineChat(engines, timeout_s=ev.timeout_s)
-    finally:
-        with contextlib.suppress(Exception):  # still kill the actors
-            ray.get([e.shutdown.remote() for e in engines], timeout=60)
-        for engine in engines:
-            ray.kill(engine)
-        if started_ray:
-            ray.shutdown()
 
 
 def _judge(ev: EvalConfig) -> LLMJudge | None:

@@ -170,7 +170,7 @@ class RewardService:
         suffixes: Sequence[str] = DEFAULT_STRIP_SUFFIXES,
         concurrency: int = 1,
     ) -> None:
-        from clinical_rl.actors.reward import RewardActor
+        from clinical_rl.rewards.guard import RewardActor
 
         if failed_reward is not None and not math.isfinite(failed_reward):
             raise ValueError(f"--failed-reward must be finite, got {failed_reward}")

@@ -33,7 +33,7 @@ _actors: dict[str | None, Any] = {}
 
 
 def _actor():
-    from clinical_rl.actors.reward import RewardActor
+    from clinical_rl.rewards.guard import RewardActor
 
     path = os.environ.get(CONFIG_ENV) or None
     if path not in _actors:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from clinical_rl.config import RunConfig
 from clinical_rl.device import Device
-from clinical_rl.placement import PlacementPlan, Slot, create_placement_group
+from clinical_rl.launch.placement import create_placement_group, plan_group
 from clinical_rl.sft.dataset import SFTSample, encode_rows, load_rows
 from clinical_rl.sft.packing import PackedBatch, make_batches
 from clinical_rl.tracking import Tracker
@@ -34,7 +34,7 @@ def run_sft(cfg: RunConfig, data_path: Path, model_path: Path, out_dir: Path) ->
     from transformers import AutoTokenizer
 
     from clinical_rl.actors.sft_trainer import SFTTrainer
-    from clinical_rl.roles import trainer_group
+    from clinical_rl.launch.actors import kill_all, trainer_group
 
     sft = cfg.sft
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
@@ -49,12 +49,11 @@ def run_sft(cfg: RunConfig, data_path: Path, model_path: Path, out_dir: Path) ->
     if steps == 0:
         raise ValueError(f"{len(encoded.samples)} SFT rows make fewer batches than sft.world_size={sft.world_size}")
     device = Device(cfg.device)
-    slots = [Slot("sft", r, r, sft.num_cpus, device.actor_gpus()) for r in range(sft.world_size)]
-    plan = PlacementPlan([device.bundle(sft.num_cpus)] * sft.world_size, slots, cfg.placement.strategy)
-    pg, _ = create_placement_group(plan)
+    plan = plan_group("sft", sft.world_size, sft.num_cpus, device, strategy=cfg.placement.strategy)
+    pg, _ = create_placement_group(plan, cfg.placement.ready_timeout_s)
     ranks: list = []
     try:
-        ranks = trainer_group(SFTTrainer, slots, pg, cfg.model, sft, device, model_path=str(model_path),
+        ranks = trainer_group(SFTTrainer, plan.slots, pg, cfg.model, sft, device, model_path=str(model_path),
                               steps_per_epoch=steps, seed=cfg.seed)
         tracker = Tracker(cfg.tracking.model_copy(update={"run_name": f"{cfg.tracking.run_name or 'run'}-sft"}),
                           out_dir.parent, cfg.model_dump(mode="json"))
@@ -70,8 +69,7 @@ def run_sft(cfg: RunConfig, data_path: Path, model_path: Path, out_dir: Path) ->
         ray.get([r.save_pretrained.remote(str(out_dir)) for r in ranks])
         tracker.finish()
     finally:
-        for rank in ranks:
-            ray.kill(rank)
+        kill_all(ranks)
         remove_placement_group(pg)
     return out_dir
 

@@ -23,9 +23,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from clinical_rl.config import EvalModelConfig, RunConfig
+from clinical_rl.config import RunConfig
 from clinical_rl.data.cases import Case
-from clinical_rl.llm_client import ChatBackend, ChatReply, Conversation, OpenAIChat
+from clinical_rl.llm_client import ChatBackend, ChatReply, Conversation, EngineChat, OpenAIChat
 from clinical_rl.synthesis.filters import FilterConfig, check_row
 from clinical_rl.synthesis.rate_limit import RateLimitedChat, RateLimiter
 from clinical_rl.synthesis.search import SearchConfig, SynthesisResult, cascade_verify, search_case
@@ -212,8 +212,8 @@ def synthesize(cfg: RunConfig) -> SynthesisSummary:
     from clinical_rl.synthesis.kb_teacher import teach_case
 
     s = cfg.synthesis
-    if s.teacher == "search" and not s.engine and not s.model:  # not a config check: most runs never synthesize
-        raise ValueError("synthesis.model is required for an endpoint (or set synthesis.engine=true)")
+    if s.teacher == "search" and s.engine_model is None and not s.model:  # not a config check: most runs never synthesize
+        raise ValueError("synthesis.model is required for an endpoint (or set synthesis.engine_model to a local model)")
     cases = synthesis_cases(cfg)
     filter_cfg = s.filters.to_filter_config()
     with SynthesisStore(synthesis_output(cfg), restart=s.restart) as store:
@@ -238,17 +238,18 @@ def synthesis_output(cfg: RunConfig) -> Path:
 def open_synthesizer(cfg: RunConfig) -> Iterator[tuple[ChatBackend, str]]:
     """The synthesizer's backend and the name lineage records: an endpoint, or engine actors of a local model."""
     s = cfg.synthesis
-    if not s.engine:
+    if s.engine_model is None:
         yield OpenAIChat(s.model, s.base_url, s.api_key_env, s.timeout_s, s.max_retries, s.max_in_flight), s.model
         return
-    from clinical_rl.eval.runner import open_backend
+    from clinical_rl.device import Device
+    from clinical_rl.launch.engines import engine_pool
+    from clinical_rl.models import check_model_dir
 
-    # The engines are evaluation's (eval.num_engines, dtype, max_model_len, kv_cache_gib), with synthesis' timeout.
-    ev = cfg.eval.model_copy(update={"timeout_s": s.timeout_s})
-    with open_backend(EvalModelConfig(label="synthesizer", path=s.engine_model),
-                      cfg.model_copy(update={"eval": ev})) as backend:
+    path = check_model_dir(s.engine_model, "synthesis.engine_model")
+    with engine_pool(s.engine, path, cfg.ray, device=Device(cfg.device), dtype=cfg.model.dtype, seed=cfg.seed,
+                     trust_remote_code=cfg.model.trust_remote_code, what="synthesis engines") as engines:
         # An engine actor serves one call at a time: only gathered into one batch do the cases decode together.
-        yield BatchingChat(backend), s.engine_model
+        yield BatchingChat(EngineChat(engines, timeout_s=s.timeout_s)), s.engine_model
 
 
 class BatchingChat:

@@ -19,7 +19,7 @@ from clinical_rl.actors.rollout import RolloutEngine
 from clinical_rl.config import RolloutConfig
 from clinical_rl.device import Device
 from clinical_rl.models import build_tiny_model
-from clinical_rl.weight_sync import GlooTrainerInitInfo, WeightSender, iter_full_params, weight_update_info
+from clinical_rl.rl.weight_sync.trainer_side import GlooTrainerInitInfo, WeightSender, iter_full_params, weight_update_info
 
 pytestmark = pytest.mark.vllm
 

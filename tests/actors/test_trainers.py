@@ -25,8 +25,9 @@ from clinical_rl.actors.scoring import (
 )
 from clinical_rl.actors.trainer_rank import GroupRank
 from clinical_rl.algorithms.losses import value_loss
-from clinical_rl.batch import Experience, RolloutBatch
-from clinical_rl.config import CriticConfig, ModelConfig, PolicyConfig, ReferenceConfig
+from clinical_rl.rl.batch import Experience, RolloutBatch
+from clinical_rl.config import CriticConfig, PolicyConfig, ReferenceConfig
+from clinical_rl.config_base import ModelConfig
 from clinical_rl.device import Device
 from clinical_rl.models import build_tiny_model
 

@@ -54,7 +54,7 @@ def _config(tmp_path: Path, text: str) -> Path:
 
 
 def test_dxbench_loads_through_data_config_as_ppo_reads_it(tmp_path, dxbench):
-    from clinical_rl.driver import preflight
+    from clinical_rl.rl.driver import preflight
 
     model = tmp_path / "model"
     model.mkdir()

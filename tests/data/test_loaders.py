@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clinical_rl.config import DataConfig
+from clinical_rl.config_stages import DataConfig
 from clinical_rl.config_files import ConfigError, load_config
 from clinical_rl.data.cases import Case
 from clinical_rl.data.loaders import FORMATS, CaseFormatError, detect_format, load_cases

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from clinical_rl.config import EvalBenchmarkConfig, EvalModelConfig
+from clinical_rl.config_stages import EvalBenchmarkConfig, EvalModelConfig
 from clinical_rl.config_files import load_config
 from clinical_rl.data.generator import generate_cases
 from clinical_rl.data.prompts import case_text
@@ -94,7 +94,7 @@ def test_embedded_model_through_engine_actors_and_vllm_serve(tmp_path, vllm_serv
 
     cfg = load_config(None, [
         f"output_dir={tmp_path}", "tracking.wandb_mode=offline", "ray.num_cpus=2", "eval.max_new_tokens=48",
-        "eval.dtype=float32", "eval.kv_cache_gib=1", "eval.bootstrap_resamples=200",
+        "eval.engine.dtype=float32", "eval.engine.kv_cache_gib=1", "eval.bootstrap_resamples=200",
     ])
     ev = cfg.eval.model_copy(update={
         "models": [EvalModelConfig(label="engine", path="embedded"),

@@ -8,10 +8,10 @@ import threading
 import pytest
 import torch
 
-from clinical_rl.batch import RolloutBatch, Sample
+from clinical_rl.rl.batch import RolloutBatch, Sample
 from clinical_rl.config import AlgoConfig, RewardConfig
 from clinical_rl.data.cases import Case
-from clinical_rl.experience import experience_metrics, make_experience
+from clinical_rl.rl.experience import experience_metrics, make_experience
 from clinical_rl.local_server import free_port
 from clinical_rl.rewards.base import RewardInput
 
@@ -45,7 +45,7 @@ def request_count(server) -> float:
 def test_judge_against_vllm_serve_reads_p_true_and_caches(vllm_server):
     from openai import OpenAI
 
-    from clinical_rl.actors.reward import RewardActor
+    from clinical_rl.rewards.guard import RewardActor
     from clinical_rl.rewards.judge import p_true_from_logprobs, render_judge_prompt
 
     actor = RewardActor(reward_config({"model": "smollm2", "base_url": vllm_server.base_url, "threshold": 0.5}))
@@ -96,7 +96,7 @@ def silent_server() -> tuple[int, threading.Event]:
 
 @pytest.mark.parametrize("endpoint", ["dead", "silent"])
 def test_unreachable_judge_ends_in_error_and_the_step_goes_on(endpoint):
-    from clinical_rl.actors.reward import RewardActor
+    from clinical_rl.rewards.guard import RewardActor
 
     stop = None
     if endpoint == "dead":
@@ -130,7 +130,7 @@ def test_unreachable_judge_ends_in_error_and_the_step_goes_on(endpoint):
 def test_judge_on_a_rollout_engine_actor_in_the_cluster(vllm_server):
     import ray
 
-    from clinical_rl.actors.reward import RewardActor
+    from clinical_rl.rewards.guard import RewardActor
     from clinical_rl.actors.rollout import RolloutEngine
     from clinical_rl.config import RolloutConfig
     from clinical_rl.device import Device

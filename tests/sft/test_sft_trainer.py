@@ -19,7 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from clinical_rl.actors.sft_trainer import SFTTrainer
 from clinical_rl.actors.trainer_rank import GroupRank
-from clinical_rl.config import ModelConfig, SFTConfig
+from clinical_rl.config import SFTConfig
+from clinical_rl.config_base import ModelConfig
 from clinical_rl.data.cases import Case
 from clinical_rl.data.generator import generate_cases
 from clinical_rl.data.prompts import THINK_THEN_ANSWER, render_prompt

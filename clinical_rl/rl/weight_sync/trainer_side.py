@@ -1,24 +1,11 @@
-"""Trainer -> vLLM weight pushes through vLLM's native weight-transfer API.
+"""Trainer side of a weight push: parameters in push order, gathered under ZeRO-3, streamed by rank 0.
 
-vLLM 0.32 moves weights with pluggable backends (`weight_transfer_config={"backend": ...}` on the engine, worker
-RPCs `init_weight_transfer_engine` / `start_weight_update` / `update_weights` / `finish_weight_update`). Its
-built-in backends are CUDA-only, so on CPU we register our own, `clinical_gloo`: a stateless gloo group where the
-trainer is rank 0 and the engine workers are ranks 1..N.
-
-Wire format of one gloo push (every message is a rank-0 broadcast): per bucket a JSON header
-`{"tensors": [[name, dtype, shape, byte_offset], ...], "nbytes": n}` then `n` payload bytes holding many
-tensors; the stream ends with `{"end": true}`, or `{"abort": reason}` when the trainer fails mid-push (so the
-engine stops waiting instead of hanging). The header stream lets both sides check names and shapes.
-
-Driver contract, identical on CPU and GPU: `RolloutEngine.init_weight_sync(...)` on every engine concurrently
-with `WeightSender.connect(...)` on the trainer's rank 0; then per push `RolloutEngine.update_weights(info)` with
-`info = weight_update_info(module)` concurrently with `WeightSender.send(iter_full_params(module, stage))` (every
-trainer rank iterates; rank 0 sends).
+`WeightSender` is what the policy trainer uses; `GlooTrainerWeightTransferEngine` is the same sender behind vLLM's
+trainer-side interface (`WeightTransferTrainerFactory`) for callers holding a `VLLMWeightSyncClient`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,43 +19,19 @@ from vllm.distributed.weight_transfer.base import (
     TrainerWeightTransferEngine,
     VLLMWeightSyncClient,
     WeightSource,
-    WeightTransferEngine,
-    WeightTransferInitInfo,
-    WeightTransferUpdateInfo,
     layerwise_groups,
 )
-from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
 
 from clinical_rl.device import Device
-
-GLOO_BACKEND = "clinical_gloo"
-_ALIGN = 64  # byte offset alignment inside a bucket, so any dtype can be viewed from the uint8 payload
-_NCCL_NUM_BUFFERS = 2  # vLLM's packed NCCL broadcast double-buffers; both sides must agree
-
-
-def weight_transfer_backend(device: Device) -> str:
-    """vLLM weight-transfer backend name: vLLM's built-in one on GPU, our gloo one on CPU."""
-    return device.collective_backend if device.is_gpu else GLOO_BACKEND
-
-
-def engine_init_info(
-    backend: str, master_address: str, master_port: int, rank_offset: int, world_size: int, bucket_mb: int
-) -> dict[str, Any]:
-    """The `init_info` an engine worker needs to join the transfer group of `backend`."""
-    info: dict[str, Any] = {
-        "master_address": master_address,
-        "master_port": master_port,
-        "rank_offset": rank_offset,
-        "world_size": world_size,
-    }
-    if backend == GLOO_BACKEND:
-        return info
-    # vLLM's NCCL engine unpacks with the buffer geometry WeightSender packs with.
-    return info | {"packed": True, "packed_buffer_size_bytes": bucket_mb << 20, "packed_num_buffers": _NCCL_NUM_BUFFERS}
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+from clinical_rl.rl.weight_sync.wire import (
+    ALIGN,
+    GLOO_BACKEND,
+    NCCL_NUM_BUFFERS,
+    dtype_name,
+    engine_init_info,
+    send_header,
+    weight_transfer_backend,
+)
 
 
 def _ordered_params(module: nn.Module) -> list[list[tuple[str, nn.Parameter]]]:
@@ -85,7 +48,7 @@ def weight_update_info(module: nn.Module) -> dict[str, list]:
     flat = [p for group in _ordered_params(module) for p in group]
     return {
         "names": [name for name, _ in flat],
-        "dtype_names": [_dtype_name(p.dtype) for _, p in flat],
+        "dtype_names": [dtype_name(p.dtype) for _, p in flat],
         "shapes": [list(getattr(p, "ds_shape", p.shape)) for _, p in flat],
     }
 
@@ -110,24 +73,6 @@ def iter_full_params(module: nn.Module, zero_stage: int) -> Iterator[tuple[str, 
                 yield name, param.detach()
 
 
-# ------------------------------------------------------------------------------------------------------ wire
-
-
-def _send_header(group: Any, header: dict[str, Any]) -> None:
-    data = torch.frombuffer(bytearray(json.dumps(header).encode()), dtype=torch.uint8)
-    group.broadcast(torch.tensor([data.numel()], dtype=torch.int64), 0).wait()
-    group.broadcast(data, 0).wait()
-
-
-def _recv_header(group: Any) -> dict[str, Any]:
-    size = torch.zeros(1, dtype=torch.int64)
-    group.broadcast(size, 0).wait()
-    data = torch.empty(int(size.item()), dtype=torch.uint8)
-    group.broadcast(data, 0).wait()
-    return json.loads(data.numpy().tobytes())
-
-
-# ---------------------------------------------------------------------------------------------- trainer side
 
 
 class _GlooTransport:
@@ -147,9 +92,9 @@ class _GlooTransport:
             self._stream(named_tensors)
         except BaseException as err:
             # The engines block in their receive loop: tell them, so they finalize and raise too.
-            _send_header(self._group, {"abort": f"{type(err).__name__}: {err}"})
+            send_header(self._group, {"abort": f"{type(err).__name__}: {err}"})
             raise
-        _send_header(self._group, {"end": True})
+        send_header(self._group, {"end": True})
 
     def _stream(self, named_tensors: Iterator[tuple[str, Tensor]]) -> None:
         bucket = torch.empty(self._bucket_bytes, dtype=torch.uint8)
@@ -157,13 +102,13 @@ class _GlooTransport:
         used = 0
         for name, tensor in named_tensors:
             raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
-            entry = [name, _dtype_name(tensor.dtype), list(tensor.shape)]
+            entry = [name, dtype_name(tensor.dtype), list(tensor.shape)]
             if raw.numel() > self._bucket_bytes:  # too big for any bucket: send it alone, uncopied
                 self._flush(entries, bucket[:used])
                 entries, used = [], 0
                 self._flush([entry + [0]], raw)
                 continue
-            start = -(-used // _ALIGN) * _ALIGN
+            start = -(-used // ALIGN) * ALIGN
             if start + raw.numel() > self._bucket_bytes:
                 self._flush(entries, bucket[:used])
                 entries, start = [], 0
@@ -175,7 +120,7 @@ class _GlooTransport:
 
     def _flush(self, entries: list[list[Any]], payload: Tensor) -> None:
         if entries:
-            _send_header(self._group, {"tensors": entries, "nbytes": payload.numel()})
+            send_header(self._group, {"tensors": entries, "nbytes": payload.numel()})
             self._group.broadcast(payload, 0).wait()
 
 
@@ -202,7 +147,7 @@ class _NcclTransport:
             src=0,
             post_iter_func=lambda item: item[1],
             buffer_size_bytes=self._bucket_bytes,
-            num_buffers=_NCCL_NUM_BUFFERS,
+            num_buffers=NCCL_NUM_BUFFERS,
         )
 
 
@@ -256,119 +201,7 @@ class WeightSender:
             raise ValueError(f"weight push lacks parameter {spec[len(sent)][0]!r} ({len(sent)} of {len(spec)} sent)")
 
 
-# ----------------------------------------------------------------------------------------------- engine side
 
-
-@dataclass
-class GlooInitInfo(WeightTransferInitInfo):
-    master_address: str
-    master_port: int
-    rank_offset: int  # rank of this engine's first worker in the transfer group (the trainer is 0)
-    world_size: int
-
-
-@dataclass
-class GlooUpdateInfo(WeightTransferUpdateInfo):
-    """What the driver announced (`weight_update_info`); the stream is checked against it."""
-
-    names: list[str]
-    dtype_names: list[str]
-    shapes: list[list[int]]
-
-
-def _repack_embedding_heads(model: nn.Module) -> None:
-    """Re-run the embedding method's CPU repack on every embedding/LM head.
-
-    Layerwise reload processes a tied parameter only through `embed_tokens`, so the tied `lm_head` keeps a
-    packed GEMM copy of the OLD embedding (logits stay stale).
-    """
-    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
-
-    for module in model.modules():
-        method = getattr(module, "quant_method", None)
-        if isinstance(method, UnquantizedEmbeddingMethod):
-            method.process_weights_after_loading(module)
-
-
-class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo]):
-    """Worker side of `clinical_gloo`: receives buckets and loads them via vLLM's layerwise reload.
-
-    The CPU backend repacks Linear weights at load time (parameters become shape [0]), so plain
-    `load_weights` cannot be used; the layerwise reload restores checkpoint-format parameters, loads, and
-    re-runs each layer's processing.
-    """
-
-    init_info_cls = GlooInitInfo
-    update_info_cls = GlooUpdateInfo
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._group: Any = None
-
-    def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
-        pc = self.parallel_config
-        rank = init_info.rank_offset + pc.data_parallel_index * pc.world_size + pc.rank
-        self._group = stateless_init_torch_distributed_process_group(
-            init_info.master_address, init_info.master_port, rank, init_info.world_size, backend="gloo"
-        )
-
-    def start_weight_update(self) -> None:
-        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
-
-        initialize_layerwise_reload(self.model)
-
-    def finish_weight_update(self) -> None:
-        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
-
-        finalize_layerwise_reload(self.model, self.model_config)
-        _repack_embedding_heads(self.model)
-
-    def update_weights(self, update_info: dict[str, Any]) -> None:
-        # The base class ends with torch.accelerator.synchronize(), which raises without an accelerator;
-        # gloo on CPU is synchronous anyway.
-        self.receive_weights(self.parse_update_info(update_info))
-
-    def receive_weights(self, update_info: GlooUpdateInfo) -> None:
-        """Load buckets until the trainer's end marker; on any error drain the stream, finalize, raise."""
-        if self._group is None:
-            raise RuntimeError("clinical_gloo: update_weights before init_weight_transfer_engine")
-        expected = {n: (d, list(s)) for n, d, s in zip(update_info.names, update_info.dtype_names, update_info.shapes)}
-        error: Exception | None = None
-        while "tensors" in (header := _recv_header(self._group)):
-            payload = torch.empty(header["nbytes"], dtype=torch.uint8)
-            self._group.broadcast(payload, 0).wait()
-            if error is None:
-                try:
-                    self.model.load_weights(_unpack(header["tensors"], payload, expected))
-                except Exception as err:  # re-raised below, after the trainer finished streaming
-                    error = err
-        if error is None and "abort" in header:
-            error = RuntimeError(f"trainer aborted the weight update: {header['abort']}")
-        if error is None and expected:
-            error = ValueError(f"weight update lacks parameter {next(iter(expected))!r} ({len(expected)} missing)")
-        if error is not None:
-            # Leave no layer half-restored on the meta device; the worker ends the update session on raise.
-            self.finish_weight_update()
-            raise error
-
-    def shutdown(self) -> None:
-        self._group = None
-
-
-def _unpack(entries: list[list[Any]], payload: Tensor, expected: dict[str, tuple[str, list[int]]]) -> list:
-    """Views of one bucket's tensors, each checked against (and removed from) the announced metadata."""
-    out = []
-    for name, dtype_name, shape, offset in entries:
-        if expected.pop(name, None) != (dtype_name, shape):
-            raise ValueError(f"weight update: parameter {name!r} {dtype_name} {shape} was not announced as such")
-        dtype = getattr(torch, dtype_name)
-        numel = torch.Size(shape).numel()
-        nbytes = numel * dtype.itemsize
-        out.append((name, payload[offset : offset + nbytes].view(dtype).view(shape)))
-    return out
-
-
-# ---------------------------------------------------------------------- vLLM's trainer-side interface, registration
 
 
 @dataclass
@@ -422,7 +255,7 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
         meta = self.source.metadata()
         update_info = {
             "names": [m.name for m in meta],
-            "dtype_names": [_dtype_name(m.dtype) for m in meta],
+            "dtype_names": [dtype_name(m.dtype) for m in meta],
             "shapes": [list(m.shape) for m in meta],
         }
         self.client.start_weight_update()
@@ -432,15 +265,3 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
             self._sender.send(self.source)
             received.result()
         self.client.finish_weight_update()
-
-
-def register_backend() -> None:
-    """Register `clinical_gloo` with vLLM's worker and trainer factories (idempotent)."""
-    # The factories raise on a second registration and have no lookup method: check their registries.
-    if GLOO_BACKEND not in WeightTransferEngineFactory._registry:
-        WeightTransferEngineFactory.register_engine(GLOO_BACKEND, GlooWeightTransferEngine)
-    if GLOO_BACKEND not in WeightTransferTrainerFactory._registry:
-        WeightTransferTrainerFactory.register_engine(GLOO_BACKEND, GlooTrainerWeightTransferEngine)
-
-
-register_backend()

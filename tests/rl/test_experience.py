@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from clinical_rl.batch import RolloutBatch, Sample
+from clinical_rl.rl.batch import RolloutBatch, Sample
 from clinical_rl.data.cases import Case
 from clinical_rl.config import AlgoConfig
-from clinical_rl.experience import RewardFailureError, experience_metrics, make_experience
+from clinical_rl.rl.experience import RewardFailureError, experience_metrics, make_experience
 from clinical_rl.rewards.base import RewardResult
 
 

@@ -1,7 +1,9 @@
-"""RewardActor: runs a user-swappable reward class with a timeout, retries and a status on every sample.
+"""Reward guarding: a user-swappable reward class run with a timeout, retries, isolation and a status on every
+sample (`RewardActor`), and the fan-out of a batch over the reward actors with a deadline (`score_on_actors`).
 
 This is the only place a verifier's exception is caught: it becomes a `RewardResult` with status `error` or
-`timeout` (logged with its traceback), which the driver masks out of the loss and counts.
+`timeout` (logged with its traceback), which the driver masks out of the loss and counts. A reward actor whose
+process dies or hangs is not turned into scores: the step is redone once Ray restarted it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
+from typing import Any
+
 from clinical_rl.config import RewardConfig
+from clinical_rl.launch.actors import gather
 from clinical_rl.rewards.base import RewardInput, RewardResult, load_reward_class
 
 log = logging.getLogger(__name__)
@@ -42,7 +47,7 @@ class RewardActor:
     def _attempts(self, batch: list[RewardInput]) -> list[RewardResult] | None:
         for attempt in range(self.cfg.max_retries + 1):
             if attempt:
-                time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0))  # backoff: flaky endpoints recover
+                time.sleep(backoff_s(attempt))  # flaky endpoints recover
             future = self._pool.submit(self.fn.score, batch)
             try:
                 results = future.result(timeout=self.cfg.timeout_s)
@@ -61,3 +66,29 @@ class RewardActor:
                 continue
             return [r.check() for r in results]
         return None
+
+
+def backoff_s(attempt: int) -> float:
+    """Seconds to wait before retry number `attempt` (1, 2, …): 0.5, 1, 2, … capped at 8."""
+    return min(0.5 * 2 ** (attempt - 1), 8.0)
+
+
+def score_deadline_s(cfg: RewardConfig, samples: int) -> float:
+    """The longest a healthy `RewardActor.score` of `samples` items can take, plus 30 s: every attempt of the batch
+    times out, then (for more than one item) every item's attempts do too. Past it the actor is hung, not slow."""
+    attempts = sum(cfg.timeout_s + (backoff_s(a) if a else 0.0) for a in range(cfg.max_retries + 1))
+    return attempts * (1 + samples if samples > 1 else 1) + 30.0
+
+
+def score_on_actors(actors: list[Any], items: list[RewardInput], cfg: RewardConfig) -> list[RewardResult]:
+    """Split `items` over the reward actors (round robin) and score them; one result per item, in order.
+
+    Raises `launch.actors.ActorLost` when an actor died or overran its deadline (then killed for a restart).
+    """
+    chunks = [items[i :: len(actors)] for i in range(len(actors))]
+    refs = [actor.score.remote(chunk) for actor, chunk in zip(actors, chunks)]
+    scored = gather(actors, refs, "reward", score_deadline_s(cfg, max(map(len, chunks))))
+    results: list[RewardResult] = [None] * len(items)  # type: ignore[list-item]
+    for a, chunk_results in enumerate(scored):
+        results[a :: len(actors)] = chunk_results
+    return results

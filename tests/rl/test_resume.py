@@ -1,13 +1,13 @@
 """Checkpoint bookkeeping without actors. The end-to-end resume (trainers, optimizer, engines, data order, W&B run)
-is part of tests/test_driver.py: PPO learns the candidate task in two runs, the second resuming the first."""
+is part of tests/rl/test_driver.py: PPO learns the candidate task in two runs, the second resuming the first."""
 
 import json
 
 import pytest
 
-from clinical_rl.checkpoint import LATEST, STATE, latest_checkpoint
+from clinical_rl.rl.checkpoint import LATEST, STATE, latest_checkpoint
 from clinical_rl.data.loaders import load_cases
-from clinical_rl.driver import CaseSampler
+from clinical_rl.rl.driver import CaseSampler
 
 
 def test_latest_pointing_at_an_unfinished_checkpoint_is_a_clear_error(tmp_path):

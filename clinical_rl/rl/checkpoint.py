@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from clinical_rl.roles import Roles
+from clinical_rl.rl.roles import Roles
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ class DriverState:
 
 @dataclass(frozen=True)
 class Checkpoint:
+    """A saved step: its directory (trainers' files, HF policy, driver state) and the driver state read back."""
+
     directory: Path
     state: DriverState
 

@@ -2,8 +2,10 @@
 
 import pytest
 
+from clinical_rl.config import PlacementConfig
 from clinical_rl.config_files import load_config
-from clinical_rl.placement import format_plan, plan_placement
+from clinical_rl.launch.layout import assign_nodes
+from clinical_rl.launch.placement import format_plan, plan_placement
 
 
 def test_cpu_plan_has_a_bundle_per_actor():
@@ -61,3 +63,40 @@ def test_colocated_engines_share_the_policy_ranks_bundles_on_gpu_only():
 def test_no_reference_without_a_kl_penalty():
     assert plan_placement(load_config(None, ["algo.kl_coef=0.03"])).of("reference")
     assert not plan_placement(load_config(None, ["algo.kl_coef=0"])).of("reference")
+
+
+def test_engine_bundle_holds_its_tensor_parallel_gpus():
+    cfg = load_config(None, ["device=gpu", "rollout.tensor_parallel_size=2", "rollout.num_cpus=2",
+                             "rollout.num_engines=2", "reward.judge_engine={tensor_parallel_size: 2, num_cpus: 2}"])
+    plan = plan_placement(cfg)
+    for slot in plan.of("rollout") + plan.of("judge"):
+        assert plan.bundles[slot.bundle] == {"GPU": 2, "CPU": 2} and slot.num_gpus == 2
+    assert plan.bundles[plan.of("policy")[0].bundle]["GPU"] == 1
+    cpu_plan = plan_placement(load_config(None, ["rollout.tensor_parallel_size=2", "rollout.num_cpus=2"]))
+    assert cpu_plan.bundles[0] == {"CPU": 2} and cpu_plan.of("rollout")[0].num_gpus == 0
+    with pytest.raises(ValueError, match="colocate_engines needs rollout.tensor_parallel_size 1"):
+        plan_placement(load_config(None, ["device=gpu", "placement.colocate_engines=true", "rollout.num_cpus=2",
+                                          "rollout.tensor_parallel_size=2"]))
+
+
+def _cluster(nodes, gpus, cpus=None):
+    return PlacementConfig(num_nodes=nodes, gpus_per_node=gpus, cpus_per_node=cpus)
+
+
+def test_strategies_place_bundles_as_ray_does():
+    one_gpu = [{"GPU": 1, "CPU": 1}] * 4
+    assert assign_nodes(one_gpu, "PACK", _cluster(2, 2)) == [0, 0, 1, 1]  # fill node 0, then node 1
+    assert assign_nodes(one_gpu, "PACK", _cluster(2, 8)) == [0, 0, 0, 0]
+    assert assign_nodes(one_gpu, "SPREAD", _cluster(2, 8)) == [0, 1, 0, 1]  # fewest bundles first
+    assert assign_nodes(one_gpu[:2], "STRICT_SPREAD", _cluster(2, 8)) == [0, 1]
+    assert assign_nodes(one_gpu, "STRICT_PACK", _cluster(2, 4)) == [0, 0, 0, 0]
+    # A TP bundle never spans nodes: 1 free GPU on each of two nodes does not hold a 2-GPU bundle.
+    with pytest.raises(ValueError, match=r"bundle 2 \{'GPU': 2\} does not fit on any of the 2 nodes"):
+        assign_nodes([{"GPU": 3}, {"GPU": 3}, {"GPU": 2}], "PACK", _cluster(2, 4))
+    with pytest.raises(ValueError, match="bundle 2 .* does not fit on node 0 \\(STRICT_PACK\\)"):
+        assign_nodes(one_gpu[:3], "STRICT_PACK", _cluster(2, 2))
+    with pytest.raises(ValueError, match="STRICT_SPREAD puts each of the 4 bundles on its own node but the "
+                                         "cluster has 2"):
+        assign_nodes(one_gpu, "STRICT_SPREAD", _cluster(2, 8))
+    # CPUs count too: two 4-CPU bundles on 6-CPU nodes go to different nodes under PACK.
+    assert assign_nodes([{"CPU": 4}, {"CPU": 4}], "PACK", _cluster(2, 0, cpus=6)) == [0, 1]

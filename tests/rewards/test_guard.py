@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from clinical_rl.actors.reward import RewardActor
+from clinical_rl.rewards.guard import RewardActor
 from clinical_rl.config import RewardConfig
 from clinical_rl.rewards.base import RewardInput, RewardResult
 
@@ -92,3 +92,14 @@ def test_retry_recovers_from_a_transient_failure():
     Flaky.calls = 0
     results = actor(Flaky, max_retries=2).score(BATCH)
     assert [r.reward for r in results] == [0.5] * 3 and Flaky.calls == 2
+
+
+def test_the_reward_deadline_covers_every_retry_and_the_per_sample_isolation():
+    from clinical_rl.config import RewardConfig
+    from clinical_rl.rewards.guard import score_deadline_s
+
+    cfg = RewardConfig(timeout_s=60.0, max_retries=2)
+    # one pass of attempts: 60 + (0.5 + 60) + (1 + 60) = 181.5 s (timeouts plus the backoffs before retries 1 and 2)
+    assert score_deadline_s(cfg, 1) == 181.5 + 30  # one item: the batch is the item
+    # 16 items: the batch's pass, then each item's own pass, plus 30 s of slack = 181.5 * 17 + 30
+    assert score_deadline_s(cfg, 16) == 181.5 * 17 + 30

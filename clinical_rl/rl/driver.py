@@ -1,7 +1,7 @@
 """The controller: one process that places the roles, runs the PPO loop and saves the policy.
 
-`rl_step` is ARCHITECTURE.md's algorithm box, one phase per line; `run` owns everything around it (preflight,
-placement, actors, tracking, saving).
+`rl_step` is the algorithm box of the README ("What runs"), one phase per line; `run` owns everything around it
+(preflight, placement, actors, tracking, saving, faults).
 """
 
 from __future__ import annotations
@@ -16,19 +16,24 @@ import torch
 from torch import Tensor
 from tqdm import trange
 
-from clinical_rl.batch import RolloutBatch, Sample, shard_rows
-from clinical_rl.checkpoint import Checkpoint, DriverState, latest_checkpoint, restore_trainers, save_checkpoint
+from clinical_rl.rl.batch import RolloutBatch, Sample, shard_rows
+from clinical_rl.rl.checkpoint import Checkpoint, DriverState, latest_checkpoint, restore_trainers, save_checkpoint
 from clinical_rl.config import AlgoConfig, RewardConfig, RunConfig
 from clinical_rl.config_files import dump_config
 from clinical_rl.data.cases import Case
 from clinical_rl.data.loaders import load_cases
 from clinical_rl.data.prompts import prompt_opens_think, render_prompt
-from clinical_rl.experience import experience_metrics, make_experience
+from clinical_rl.rl.experience import experience_metrics, make_experience
 from clinical_rl.models import check_model_dir
-from clinical_rl.placement import connect_ray, create_placement_group, format_plan, plan_placement
+from clinical_rl.launch.actors import gather
+from clinical_rl.launch.cluster import connect_ray, shutdown_ray, with_cluster_shape
+from clinical_rl.launch.layout import check_memory
+from clinical_rl.launch.placement import create_placement_group, format_plan, plan_placement
 from clinical_rl.rewards.audit import AuditPair, live_audit, load_pairs
 from clinical_rl.rewards.base import RewardInput, RewardResult, load_reward_class
-from clinical_rl.roles import Roles, start_roles, stop_roles
+from clinical_rl.rewards.guard import score_on_actors
+from clinical_rl.rl.faults import redo_on_restart, stops_the_run
+from clinical_rl.rl.roles import Roles, start_roles, stop_roles
 from clinical_rl.tracking import PhaseTimer, Tracker
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,8 @@ TokenScores = tuple[Tensor | None, Tensor | None, Tensor | None]  # old-policy l
 
 @dataclass(frozen=True)
 class RunResult:
+    """What `run` leaves: the final policy, where tracking went, every step's metrics."""
+
     policy_dir: Path  # final policy, HF format
     tracking: str  # W&B run directory (offline) or URL
     history: list[dict[str, float]]  # metrics of every step
@@ -47,7 +54,7 @@ def rl_step(cfg: RunConfig, roles: Roles, cases: list[Case], prompts: list[str],
     timer = PhaseTimer()
     with timer("step"):
         with timer("generate"):
-            batch = generate(roles, cases, prompts, cfg.algo.n_samples_per_prompt)
+            batch = generate(roles, cases, prompts, cfg.algo.n_samples_per_prompt, cfg.rollout.timeout_s)
             roles.engines_done()
         with timer("reward"):
             results = score_rewards(roles, batch, cfg.reward)
@@ -68,18 +75,16 @@ def rl_step(cfg: RunConfig, roles: Roles, cases: list[Case], prompts: list[str],
     }
 
 
-def generate(roles: Roles, cases: list[Case], prompts: list[str], n: int) -> RolloutBatch:
-    """Split prompts over the engines (data parallel), n samples each, and pad into a batch."""
-    import ray
+def generate(roles: Roles, cases: list[Case], prompts: list[str], n: int, deadline_s: float) -> RolloutBatch:
+    """Split prompts over the engines (data parallel), n samples each, and pad into a batch.
 
+    Raises ActorLost when an engine died or gave no answer within `deadline_s`."""
     prompt_ids = [roles.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     chunks = [list(range(i, len(prompts), len(roles.engines))) for i in range(len(roles.engines))]
-    refs = [
-        engine.generate.remote([prompt_ids[i] for i in rows], rows, n)
-        for engine, rows in zip(roles.engines, chunks)
-        if rows
-    ]
-    samples: list[Sample] = sorted((s for chunk in ray.get(refs) for s in chunk), key=lambda s: s.group_id)
+    busy = [(engine, rows) for engine, rows in zip(roles.engines, chunks) if rows]
+    refs = [engine.generate.remote([prompt_ids[i] for i in rows], rows, n) for engine, rows in busy]
+    outputs = gather([engine for engine, _ in busy], refs, "rollout", deadline_s)
+    samples: list[Sample] = sorted((s for chunk in outputs for s in chunk), key=lambda s: s.group_id)
     pad_id = roles.tokenizer.pad_token_id if roles.tokenizer.pad_token_id is not None else roles.tokenizer.eos_token_id
     return RolloutBatch.from_samples(samples, prompts, cases, pad_id)
 
@@ -90,33 +95,7 @@ def score_rewards(roles: Roles, batch: RolloutBatch, cfg: RewardConfig) -> list[
     # The prompts were rendered by the policy's chat template: one ending in `<think>` means the template opened it.
     items = [RewardInput(p, r, c.answer, c, n, think_opened=prompt_opens_think(p))
              for p, r, c, n in zip(batch.prompts, batch.responses, batch.cases, lengths)]
-    return score_on_actors(roles, items, cfg)
-
-
-def score_on_actors(roles: Roles, items: list[RewardInput], cfg: RewardConfig) -> list[RewardResult]:
-    """Split `items` over the reward actors; an actor that dies or overruns its deadline yields error/timeout
-    results."""
-    import ray
-    from ray.exceptions import GetTimeoutError, RayActorError
-
-    chunks = [items[i :: len(roles.rewards)] for i in range(len(roles.rewards))]
-    refs = [actor.score.remote(chunk) for actor, chunk in zip(roles.rewards, chunks)]
-    # The actor enforces per-call timeouts itself; this deadline only catches a hung or dead actor.
-    deadline = cfg.timeout_s * (cfg.max_retries + 1) * 2 + 30
-    scored: list[list[RewardResult]] = []
-    for ref, chunk in zip(refs, chunks):
-        try:
-            scored.append(ray.get(ref, timeout=deadline))
-        except GetTimeoutError:
-            ray.cancel(ref)
-            scored.append([RewardResult.failed("timeout", f"reward actor gave no answer in {deadline:.0f}s")] * len(chunk))
-        except RayActorError as err:
-            log.warning("reward actor died: %s", err)
-            scored.append([RewardResult.failed("error", f"reward actor died: {err}")] * len(chunk))
-    results: list[RewardResult] = [None] * len(items)  # type: ignore[list-item]
-    for a, chunk_results in enumerate(scored):
-        results[a :: len(roles.rewards)] = chunk_results
-    return results
+    return score_on_actors(roles.rewards, items, cfg)
 
 
 def score_tokens(roles: Roles, batch: RolloutBatch, old_policy: bool) -> TokenScores:
@@ -139,10 +118,16 @@ def _run_phase(roles: Roles, calls: list[Callable[[], list]]) -> list[list]:
     """Each call submits remote work and returns its refs; all run at once, or one after another on CPU."""
     import ray
 
-    if roles.overlap:
-        refs = [call() for call in calls]
-        return [ray.get(r) for r in refs]
-    return [ray.get(call()) for call in calls]
+    from ray.exceptions import GetTimeoutError
+
+    try:
+        if roles.overlap:
+            refs = [call() for call in calls]
+            return [ray.get(r, timeout=roles.trainer_timeout_s) for r in refs]
+        return [ray.get(call(), timeout=roles.trainer_timeout_s) for call in calls]
+    except GetTimeoutError:
+        raise TimeoutError(f"a trainer call gave no answer within {roles.trainer_timeout_s:.0f}s "
+                           "(policy/critic.timeout_s): taken as hung") from None
 
 
 def _sharded_call(ranks: list, method: str, batch: RolloutBatch) -> list:
@@ -186,12 +171,14 @@ class CaseSampler:
         self.order: list[int] = []
 
     def next(self) -> list[Case]:
+        """The next `batch_size` cases; a new shuffled pass starts where the last one runs out."""
         while len(self.order) < self.batch_size:
             self.order += torch.randperm(len(self.cases), generator=self.generator).tolist()
         rows, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
         return [self.cases[i] for i in rows]
 
     def state_dict(self) -> dict:
+        """Where the order stands (JSON-able): the case count, the cases left in this pass, the generator."""
         return {"num_cases": len(self.cases), "order": self.order, "generator": self.generator.get_state().tolist()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -232,9 +219,11 @@ def resume(roles: Roles, checkpoint: Checkpoint, sampler: CaseSampler, tracker: 
 
 
 def run(cfg: RunConfig) -> RunResult:
-    """Preflight, place and start the roles, resume from the latest checkpoint if any, run the RL steps up to
-    `cfg.steps` (checkpointing every `save_every`), save the final policy."""
-    import ray
+    """Preflight, check the memory plan, place and start the roles, resume from the latest checkpoint if any, run
+    the RL steps up to `cfg.steps` (checkpointing every `save_every`), save the final policy.
+
+    Raises ValueError (bad input, a layout that does not fit), TimeoutError (the placement group or the actors not
+    ready in time) and RunStopped (a trainer lost; the message says how to resume)."""
     from ray.util.placement_group import remove_placement_group
 
     model_path, critic_path, cases, audit_pairs = preflight(cfg)
@@ -242,12 +231,13 @@ def run(cfg: RunConfig) -> RunResult:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(cfg))
     started_ray = connect_ray(cfg.ray)
-    plan = plan_placement(cfg)
-    pg, nodes = create_placement_group(plan)
-    print(format_plan(plan, nodes), flush=True)
-    roles: Roles | None = None
+    pg, roles = None, None
     try:
-        roles = start_roles(cfg, plan, pg, model_path, critic_path)
+        check_memory(with_cluster_shape(cfg))  # before any actor starts, against the cluster joined
+        plan = plan_placement(cfg)
+        pg, nodes = create_placement_group(plan, cfg.placement.ready_timeout_s)
+        print(format_plan(plan, nodes), flush=True)
+        roles = start_roles(cfg, plan, pg, nodes, model_path, critic_path)
         checkpoint = latest_checkpoint(out) if cfg.resume else None
         sampler = CaseSampler(cases, cfg.algo.rollout_batch_size, cfg.seed)
         tracker = Tracker(cfg.tracking, out, cfg.model_dump(mode="json"),
@@ -259,9 +249,11 @@ def run(cfg: RunConfig) -> RunResult:
         for step in trange(first, cfg.steps + 1, initial=first - 1, total=cfg.steps, desc="ppo", unit="step"):
             step_cases = sampler.next()
             prompts = [render_prompt(roles.tokenizer, c, cfg.data.system_prompt) for c in step_cases]
-            metrics = rl_step(cfg, roles, step_cases, prompts, step)
-            if cfg.reward.audit is not None and step % cfg.reward.audit.every == 0:
-                metrics |= live_audit(audit_pairs, partial(score_on_actors, roles, cfg=cfg.reward), cfg.reward, step)
+            with stops_the_run(roles, step, out, cfg.save_every):
+                metrics = redo_on_restart(roles, step, partial(rl_step, cfg, roles, step_cases, prompts, step))
+                if cfg.reward.audit is not None and step % cfg.reward.audit.every == 0:
+                    score = partial(score_on_actors, roles.rewards, cfg=cfg.reward)
+                    metrics |= redo_on_restart(roles, step, partial(live_audit, audit_pairs, score, cfg.reward, step))
             tracker.log(metrics, step)
             if cfg.save_every and step % cfg.save_every == 0:
                 state = DriverState(step, sampler.state_dict(), tracker.history, tracker.run_id, {})
@@ -272,6 +264,7 @@ def run(cfg: RunConfig) -> RunResult:
     finally:
         if roles is not None:
             stop_roles(roles)
-        remove_placement_group(pg)
+        if pg is not None:
+            remove_placement_group(pg)
         if started_ray:
-            ray.shutdown()
+            shutdown_ray()

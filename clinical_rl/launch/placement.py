@@ -1,16 +1,17 @@
 """Roles -> one Ray placement group with a bundle per actor instance, and a printable plan.
 
 `plan_placement` is pure (no Ray): `clinical-rl plan` prints it before anything starts. With
-`placement.colocate`, the critic and reference of rank i share the policy rank i's bundle (and GPU).
+`placement.colocate`, the critic and reference of rank i share the policy rank i's bundle (and GPU). A vLLM engine
+with tensor parallelism gets one bundle of `tensor_parallel_size` GPUs: a bundle always lands on one node, which is
+where vLLM needs its TP workers. `launch.layout` lays the bundles out on the configured nodes and GPUs.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from clinical_rl.config import RayConfig, RunConfig
+from clinical_rl.config import RunConfig
 from clinical_rl.device import Device
 
 
@@ -27,11 +28,22 @@ class Slot:
 
 @dataclass(frozen=True)
 class PlacementPlan:
+    """One Ray placement group: its bundles (resources each), the role instances in them, the strategy."""
+
     bundles: list[dict[str, float]]
     slots: list[Slot]
     strategy: str
+    node_labels: dict[str, dict[str, str]] = field(default_factory=dict)  # role -> labels its node must carry
+
+    def label_selectors(self) -> list[dict[str, str]]:
+        """Per bundle, the node labels of its first member's role (Ray's `bundle_label_selector`)."""
+        first = {}
+        for slot in self.slots:
+            first.setdefault(slot.bundle, slot.role)
+        return [dict(self.node_labels.get(first[b], {})) for b in range(len(self.bundles))]
 
     def of(self, role: str) -> list[Slot]:
+        """The slots of `role`, in index order."""
         return [s for s in self.slots if s.role == role]
 
 
@@ -41,14 +53,18 @@ def plan_placement(cfg: RunConfig) -> PlacementPlan:
     bundles: list[dict[str, float]] = []
     slots: list[Slot] = []
 
-    def add(role: str, index: int, num_cpus: float, gpu: bool = True) -> int:
-        bundles.append(device.bundle(num_cpus) if gpu else {"CPU": num_cpus})
-        slots.append(Slot(role, index, len(bundles) - 1, num_cpus, device.actor_gpus() if gpu else 0.0))
+    def add(role: str, index: int, num_cpus: float, num_gpus: int = 1) -> int:
+        bundles.append(device.bundle(num_cpus, num_gpus) if num_gpus else {"CPU": num_cpus})
+        slots.append(Slot(role, index, len(bundles) - 1, num_cpus, device.actor_gpus(num_gpus) if num_gpus else 0.0))
         return len(bundles) - 1
 
+    tp = cfg.rollout.tensor_parallel_size
+    if cfg.placement.colocate_engines and tp > 1:
+        raise ValueError(f"placement.colocate_engines needs rollout.tensor_parallel_size 1 (got {tp}): engine i "
+                         "shares policy rank i's single GPU")
     if not cfg.placement.colocate_engines:
         for i in range(cfg.rollout.num_engines):
-            add("rollout", i, cfg.rollout.num_cpus)
+            add("rollout", i, cfg.rollout.num_cpus, tp)
     trainer_roles = [("policy", cfg.policy.world_size, cfg.policy.num_cpus)]
     if cfg.algo.use_critic:
         trainer_roles.append(("critic", cfg.critic.world_size, cfg.critic.num_cpus))
@@ -65,10 +81,11 @@ def plan_placement(cfg: RunConfig) -> PlacementPlan:
             _join_bundle(device, bundles, slots, Slot("rollout", policy_slot.index, policy_slot.bundle,
                                                       cfg.rollout.num_cpus, 0.0))
     for i in range(cfg.reward.num_actors):
-        add("reward", i, cfg.reward.num_cpus, gpu=False)
+        add("reward", i, cfg.reward.num_cpus, num_gpus=0)
     if cfg.reward.judge_engine is not None:
-        add("judge", 0, cfg.reward.judge_engine.num_cpus)
-    return PlacementPlan(bundles=bundles, slots=slots, strategy=cfg.placement.strategy)
+        add("judge", 0, cfg.reward.judge_engine.num_cpus, cfg.reward.judge_engine.tensor_parallel_size)
+    return PlacementPlan(bundles=bundles, slots=slots, strategy=cfg.placement.strategy,
+                         node_labels=cfg.placement.node_labels)
 
 
 def _colocate(cfg: RunConfig, device: Device, bundles: list[dict[str, float]], slots: list[Slot], roles: list[str]) -> None:
@@ -101,34 +118,26 @@ def format_plan(plan: PlacementPlan, bundle_nodes: list[str] | None = None) -> s
     return "\n".join(lines)
 
 
-def create_placement_group(plan: PlacementPlan, timeout_s: float = 120.0) -> tuple[Any, list[str]]:
-    """Reserve the bundles; returns the group and the node id of each bundle. Fails with the plan if unplaceable."""
-    import ray
-    from ray.util.placement_group import placement_group, placement_group_table
+def create_placement_group(plan: PlacementPlan, timeout_s: float = 600.0) -> tuple[Any, list[str]]:
+    """Reserve the bundles; returns the group and the node id of each bundle.
 
-    pg = placement_group(plan.bundles, strategy=plan.strategy)
+    Raises TimeoutError with the plan and the cluster's resources when the group is not placed within `timeout_s`
+    (the group is removed: Ray would otherwise keep waiting for it)."""
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+
+    selectors = plan.label_selectors()
+    pg = placement_group(plan.bundles, strategy=plan.strategy,
+                         bundle_label_selector=selectors if any(selectors) else None)
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
     if not ready:
-        raise RuntimeError(
-            f"placement group not placed within {timeout_s:.0f}s; cluster resources {ray.cluster_resources()}\n"
-            + format_plan(plan)
+        remove_placement_group(pg)
+        raise TimeoutError(
+            f"placement group not placed within {timeout_s:.0f}s (placement.ready_timeout_s); cluster resources "
+            f"{ray.cluster_resources()}\n" + format_plan(plan)
         )
     nodes = placement_group_table(pg)["bundles_to_node_id"]
     return pg, [nodes[b] for b in range(len(plan.bundles))]
-
-
-def actor_options(slot: Slot, pg: Any, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """`.options(...)` that pins an actor to its bundle."""
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    options: dict[str, Any] = {
-        "num_cpus": slot.num_cpus,
-        "num_gpus": slot.num_gpus,
-        "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=slot.bundle),
-    }
-    if env:
-        options["runtime_env"] = {"env_vars": env}
-    return options
 
 
 def node_address_and_free_port() -> tuple[str, int]:
@@ -143,20 +152,9 @@ def node_address_and_free_port() -> tuple[str, int]:
     return ray.util.get_node_ip_address(), port
 
 
-def connect_ray(cfg: RayConfig) -> bool:
-    """Join `cfg.address`, or start a local cluster; True when this call started Ray (the caller shuts it down)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    # Processes of a cluster this call starts inherit the environment: vLLM and DeepSpeed read their levels there.
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", cfg.log_level)
-    os.environ.setdefault("CLINICAL_RL_LOG_LEVEL", cfg.log_level)
-    ray.init(
-        address=cfg.address,
-        num_cpus=cfg.num_cpus,
-        object_store_memory=None if cfg.address else int(cfg.object_store_gib * 1024**3),
-        include_dashboard=False,
-        logging_level=cfg.log_level,
-    )
-    return True
+def plan_group(role: str, count: int, num_cpus: float, device: Device, num_gpus: float = 1.0,
+               strategy: str = "PACK") -> PlacementPlan:
+    """`count` instances of one role, a bundle each (evaluation or synthesis engines, SFT ranks)."""
+    bundles = [device.bundle(num_cpus, num_gpus) for _ in range(count)]
+    slots = [Slot(role, i, i, num_cpus, device.actor_gpus(num_gpus)) for i in range(count)]
+    return PlacementPlan(bundles=bundles, slots=slots, strategy=strategy)

@@ -13,7 +13,7 @@ from torch import Tensor
 from clinical_rl.algorithms.advantages import AdvantageInputs, get_advantage_estimator, shape_token_rewards
 from clinical_rl.algorithms.kl import get_kl_estimator
 from clinical_rl.algorithms.losses import explained_variance, masked_mean, masked_whiten
-from clinical_rl.batch import Experience, RolloutBatch
+from clinical_rl.rl.batch import Experience, RolloutBatch
 from clinical_rl.config import AlgoConfig
 from clinical_rl.rewards.base import RewardResult
 
