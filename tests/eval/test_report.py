@@ -118,7 +118,7 @@ def test_read_predictions_invalid_json_names_line(tmp_path):
     good = json.dumps(make_predictions()[1].to_json())
     path = tmp_path / "p.jsonl"
     path.write_text(f"{good}\n\n{good}\n{{not json\n")
-    with pytest.raises(ValueError, match=rf"p\.jsonl:4: invalid JSON"):
+    with pytest.raises(ValueError, match=r"p\.jsonl:4: invalid JSON"):
         read_predictions(path)
 
 
