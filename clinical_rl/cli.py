@@ -6,6 +6,7 @@ The same line runs locally, after `ray job submit --` on a cluster, and as a Kub
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import signal
 import sys
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from clinical_rl.rewards.server_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MA
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clinical-rl", description=__doc__)
+    version = importlib.metadata.version("clinical_rl")
+    parser.add_argument("--version", action="version", version=f"clinical-rl {version}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in [
         ("ppo", "run the RL loop (PPO with a critic, or GRPO when algo.advantage=grpo)"),
@@ -142,7 +145,12 @@ def _eval(cfg: RunConfig, args: argparse.Namespace) -> int:
         print(f"clinical-rl: {err}", file=sys.stderr)
         return 2
     print(result.report)
-    return 0
+    failed = result.too_many_errors(cfg.eval.max_error_frac)
+    for o in failed:
+        print(f"clinical-rl: eval {o.model} on {o.benchmark}: {o.errors} of {o.n} answers failed "
+              f"({o.error_frac:.0%} > eval.max_error_frac {cfg.eval.max_error_frac:g}); first: {o.first_error}",
+              file=sys.stderr)
+    return 1 if failed else 0
 
 
 def parse_model_spec(spec: str) -> EvalModelConfig:

@@ -102,6 +102,10 @@ class EvalConfig(ConfigNode):
     max_in_flight: int = Field(8, ge=1, description="concurrent requests to an endpoint")
     timeout_s: float = Field(600.0, gt=0, description="per-request timeout (endpoint) / per-batch (engines)")
     bootstrap_resamples: int = Field(2000, ge=100, description="bootstrap resamples of the 95% CIs")
+    max_consecutive_errors: int = Field(8, ge=1, description="stop sending a model's requests after this many failed "
+                                        "in a row (a dead endpoint); the rest count as errors")
+    max_error_frac: float = Field(0.05, ge=0, le=1, description="`eval` exits non-zero when a model's errors on a "
+                                  "benchmark pass this fraction (the report is still written)")
     out_dir: str | None = Field(None, description="report directory; default: <output_dir>/eval")
     after_training: bool = Field(False, description="`ppo`: evaluate the base model and the trained policy at the end")
 

@@ -1,7 +1,9 @@
-"""What evaluation produces: one `Prediction` per case and model, and `GroupRow`s that summarise them."""
+"""What evaluation produces: one `Prediction` per case and model, `GroupRow`s that summarise them, and the
+`Outcomes` of each model on each benchmark (how many failed, stayed undecided or gave no final answer)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -58,3 +60,34 @@ class GroupRow:
     accuracy: Estimate
     distinct_diagnoses: int  # distinct normalised references in the group
     distinct_icd10: int  # distinct ICD-10 codes (0 when cases carry none)
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """How one model's answers to one benchmark ended, besides right or wrong. Errors count failed requests and
+    failed judging: they score as wrong, so they must be seen."""
+
+    benchmark: str
+    model: str
+    n: int  # cases
+    errors: int  # verdict "error": the request or the judge failed
+    undecided: int  # no rule or judge could decide
+    no_answer: int  # a reply without a final answer to judge (path "format")
+    first_error: str | None  # the first error's message, for the console and the report
+
+    @property
+    def error_frac(self) -> float:
+        return self.errors / self.n if self.n else 0.0
+
+
+def count_outcomes(predictions: Iterable[Prediction]) -> list[Outcomes]:
+    """One `Outcomes` per (benchmark, model), in the order they first appear."""
+    groups: dict[tuple[str, str], list[Prediction]] = {}
+    for p in predictions:
+        groups.setdefault((p.benchmark, p.model), []).append(p)
+    return [
+        Outcomes(benchmark, model, len(preds), sum(p.verdict == "error" for p in preds),
+                 sum(p.verdict == "undecided" for p in preds), sum(p.path == "format" for p in preds),
+                 next((p.error for p in preds if p.verdict == "error"), None))
+        for (benchmark, model), preds in groups.items()
+    ]

@@ -20,7 +20,7 @@ from typing import Any
 
 from clinical_rl.data.departments import DEPARTMENT_ZH
 from clinical_rl.eval.charts import plot_training_curve, render_charts
-from clinical_rl.eval.records import REPORT, GroupRow, Prediction
+from clinical_rl.eval.records import REPORT, GroupRow, Outcomes, Prediction, count_outcomes
 from clinical_rl.eval.report_base import (
     atomic_file,
     benchmark_order,
@@ -191,9 +191,11 @@ def markdown_report(
     title: str,
     charts: Mapping[str, Path] | None = None,
     relative_to: Path | None = None,
+    outcomes: Sequence[Outcomes] = (),
 ) -> str:
-    """The report as Markdown: per benchmark an overview (model × overall / departments / languages), a
-    department table and a language table; then the charts, as `![label](path)`.
+    """The report as Markdown: per benchmark an overview (model × overall / departments / languages), the
+    `outcomes` (errors, undecided, no final answer per model), a department table and a language table; then the
+    charts, as `![label](path)`.
 
     Chart paths are emitted as given (POSIX separators); with `relative_to` (the report's directory) they are
     made relative to it.
@@ -219,6 +221,7 @@ def markdown_report(
             cells += [format_accuracy(index.get((benchmark, model, "language", g)), with_n=True) for g in languages]
             body.append([model, *cells])
         lines += _table(header, body, ["l", *("r" for _ in header[1:])])
+        lines += _outcome_lines([o for o in outcomes if o.benchmark == benchmark])
         if departments:
             lines += ["", "### By department", ""]
             lines += _group_table(
@@ -237,6 +240,18 @@ def markdown_report(
                 target = Path(os.path.relpath(target, relative_to))
             lines += ["", f"### {label}", "", f"![{label}]({target.as_posix()})"]
     return "\n".join(lines) + "\n"
+
+
+def _outcome_lines(outcomes: Sequence[Outcomes]) -> list[str]:
+    """Errors, undecided and missing answers per model (all counted as not correct above)."""
+    if not outcomes:
+        return []
+    body = [[o.model, o.n, o.errors, o.undecided, o.no_answer, (o.first_error or "")[:120]] for o in outcomes]
+    lines = ["", "### Errors, undecided and missing answers", ""]
+    if any(o.errors for o in outcomes):
+        lines += ["**Some answers failed**: a failed request or judge counts as not correct above.", ""]
+    return lines + _table(["model", "n", "errors", "undecided", "no final answer", "first error"], body,
+                          ["l", "r", "r", "r", "r", "l"])
 
 
 def _department_label_md(department: str) -> str:
@@ -275,7 +290,8 @@ def write_report(
     title: str = "clinical_rl evaluation",
     training_history: Sequence[Mapping[str, Any]] | None = None,
 ) -> Path:
-    """Write `predictions.jsonl`, `summary.json`, `charts/*.png` and `report.md` (last) under `out_dir`.
+    """Write `predictions.jsonl`, `summary.json` ({"groups": accuracy rows, "outcomes": errors, undecided and
+    missing answers per benchmark and model}), `charts/*.png` and `report.md` (last) under `out_dir`.
 
     `training_history`: the `metrics.jsonl` rows of the RL run that produced a model in the report; its per-step
     reward and accuracy become `charts/training.png`.
@@ -286,15 +302,18 @@ def write_report(
     out_dir = Path(out_dir)
     chart_dir = out_dir / "charts"
     index_rows(rows)  # fail on duplicates before writing anything
+    predictions = list(predictions)
+    outcomes = count_outcomes(predictions)
     write_predictions(predictions, out_dir / "predictions.jsonl")
-    summary = [_finite(asdict(row)) for row in rows]
+    summary = {"groups": [_finite(asdict(row)) for row in rows],
+               "outcomes": [asdict(o) | {"error_frac": o.error_frac} for o in outcomes]}
     _write_text(out_dir / "summary.json", json.dumps(summary, ensure_ascii=False, indent=2, allow_nan=False) + "\n")
     charts = render_charts(rows, chart_dir)
     if training_history:
         charts["Training curve: reward and accuracy of the RL rollouts per step"] = plot_training_curve(
             training_history, chart_dir / "training.png")
     report = _write_text(
-        out_dir / REPORT, markdown_report(rows, title=title, charts=charts, relative_to=out_dir)
+        out_dir / REPORT, markdown_report(rows, title=title, charts=charts, relative_to=out_dir, outcomes=outcomes)
     )
     produced = {p.resolve() for p in charts.values()}
     if chart_dir.is_dir():

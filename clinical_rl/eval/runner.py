@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from clinical_rl.config_stages import EvalBenchmarkConfig, EvalConfig, EvalModel
 from clinical_rl.data.cases import Case
 from clinical_rl.data.loaders import load_cases
 from clinical_rl.data.prompts import case_messages, template_opens_think
-from clinical_rl.eval.records import GroupRow, Prediction
+from clinical_rl.eval.records import GroupRow, Outcomes, Prediction, count_outcomes
 from clinical_rl.llm_client import ChatBackend, ChatReply, Conversation, EngineChat, OpenAIChat
 from clinical_rl.rewards.answer_format import parse_response
 from clinical_rl.rewards.cascade import CascadeVerifier, Decision
@@ -42,9 +43,16 @@ _CHUNK = 32  # conversations per request batch: progress shows, and one failure 
 
 @dataclass(frozen=True)
 class EvalResult:
+    """The report's path, the accuracy rows, every prediction, and the outcomes per benchmark and model."""
+
     report: Path
     rows: list[GroupRow]
     predictions: list[Prediction]
+    outcomes: list[Outcomes]
+
+    def too_many_errors(self, max_error_frac: float) -> list[Outcomes]:
+        """The (benchmark, model) pairs whose error fraction passes `max_error_frac`."""
+        return [o for o in self.outcomes if o.error_frac > max_error_frac]
 
 
 def run_eval(cfg: RunConfig, models: Sequence[EvalModelConfig] | None = None,
@@ -69,13 +77,22 @@ def run_eval(cfg: RunConfig, models: Sequence[EvalModelConfig] | None = None,
         with open_backend(model, cfg) as backend:
             for name, cases in benchmarks.items():
                 replies = chat_in_chunks(backend, [conversation(c, ev) for c in cases], ev, f"{model.label}/{name}")
-                predictions += judge_replies(name, model.label, cases, replies, verifier, ev, think_opened=opened)
+                judged = judge_replies(name, model.label, cases, replies, verifier, ev, think_opened=opened)
+                _say_errors(count_outcomes(judged)[0], f"{model.label}/{name}")
+                predictions += judged
     rows = summarize(predictions, n_resamples=ev.bootstrap_resamples, seed=cfg.seed)
     out_dir = Path(ev.out_dir or Path(cfg.output_dir) / "eval").resolve()  # chart links relative to the report
     history = read_metrics(training_metrics) if training_metrics is not None else None
     report = write_report(rows, predictions, out_dir, training_history=history)
     _log_to_wandb(cfg, rows, predictions)
-    return EvalResult(report, rows, predictions)
+    return EvalResult(report, rows, predictions, count_outcomes(predictions))
+
+
+def _say_errors(outcomes: Outcomes, label: str) -> None:
+    """A model's failed answers on the console as soon as its benchmark is done: never only in a file."""
+    if outcomes.errors:
+        print(f"eval {label}: {outcomes.errors} of {outcomes.n} answers failed ({outcomes.error_frac:.0%}); first: "
+              f"{outcomes.first_error}", file=sys.stderr, flush=True)
 
 
 def load_benchmark(b: EvalBenchmarkConfig, seed: int) -> list[Case]:
@@ -118,11 +135,23 @@ def conversation(case: Case, ev: EvalConfig) -> Conversation:
 
 def chat_in_chunks(backend: ChatBackend, conversations: list[Conversation], ev: EvalConfig,
                    label: str) -> list[ChatReply | Exception]:
+    """One reply (or the exception of its request) per conversation, sent in chunks with a progress bar.
+
+    After `ev.max_consecutive_errors` failed requests in a row (a dead endpoint, a missing key) the rest are not
+    sent: each gets a RuntimeError saying so, and counts as an error."""
     replies: list[ChatReply | Exception] = []
+    failed_in_a_row = 0
     with tqdm(total=len(conversations), desc=f"eval {label}", unit="case") as bar:
         for start in range(0, len(conversations), _CHUNK):
+            if failed_in_a_row >= ev.max_consecutive_errors:
+                unsent = RuntimeError(f"not sent: the {failed_in_a_row} requests before it failed in a row "
+                                      "(eval.max_consecutive_errors)")
+                replies += [unsent] * (len(conversations) - start)
+                break
             chunk = conversations[start : start + _CHUNK]
-            replies += backend.chat(chunk, ev.max_new_tokens, ev.temperature)
+            for reply in backend.chat(chunk, ev.max_new_tokens, ev.temperature):
+                failed_in_a_row = failed_in_a_row + 1 if isinstance(reply, Exception) else 0
+                replies.append(reply)
             bar.update(len(chunk))
     return replies
 

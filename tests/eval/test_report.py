@@ -270,8 +270,9 @@ def test_write_report_writes_everything(tmp_path):
     }
     assert read_predictions(out / "predictions.jsonl") == preds
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    assert len(summary) == len(rows)
-    assert summary[0] == {
+    assert len(summary["groups"]) == len(rows)
+    assert {o["model"] for o in summary["outcomes"]} == {p.model for p in preds}
+    assert summary["groups"][0] == {
         "benchmark": "builtin", "model": "base", "kind": "overall", "group": "all",
         "accuracy": {"value": 0.625, "low": 0.551, "high": 0.698, "n": 40},
         "distinct_diagnoses": 30, "distinct_icd10": 25,
@@ -305,7 +306,7 @@ def test_write_report_rerun_overwrites_cleanly(tmp_path, monkeypatch):
     md = (out / "report.md").read_text(encoding="utf-8")
     assert md.startswith("# again\n") and "builtin" not in md
     assert len(read_predictions(out / "predictions.jsonl")) == 1
-    assert len(json.loads((out / "summary.json").read_text())) == 2
+    assert len(json.loads((out / "summary.json").read_text())["groups"]) == 2
 
     # a run that fails while building the report leaves the previous report whole and no temp files
     before = (out / "report.md").read_bytes()
