@@ -52,6 +52,44 @@ def _model_colors(models: Sequence[str]) -> dict[str, Any]:
     return {m: palette[i % len(palette)] for i, m in enumerate(models)}
 
 
+def _series_bars(groups: Sequence[str], lookup: Callable[[str], GroupRow | None], position: int,
+                 bar_width: float) -> tuple[list[float], list[float], list[float], list[float]]:
+    """One series' bars: x positions, heights (%) and the CI whiskers below and above (%, 0 where unknown);
+    groups without an accuracy get no bar."""
+    xs, heights, lows, highs = [], [], [], []
+    for j, group in enumerate(groups):
+        row = lookup(group)
+        if not has_accuracy(row):
+            continue
+        assert row is not None
+        est = row.accuracy
+        xs.append(j - 0.4 + bar_width * (position + 0.5))
+        heights.append(100 * est.value)
+        lows.append(max(0.0, 100 * (est.value - est.low)) if math.isfinite(est.low) else 0.0)
+        highs.append(max(0.0, 100 * (est.high - est.value)) if math.isfinite(est.high) else 0.0)
+    return xs, heights, lows, highs
+
+
+def _style_axes(ax: Any, groups: Sequence[str], *, title: str, xlabel: str, rotate: bool) -> None:
+    """Group ticks, the 0-105 % scale, labels, a light grid, no top/right spines, the legend outside."""
+    ax.set_xticks(range(len(groups)), [_plain(g) for g in groups])
+    if rotate:
+        for label in ax.get_xticklabels():
+            label.set_rotation(30)
+            label.set_horizontalalignment("right")
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_xlabel(xlabel)
+    ax.set_title(_plain(title))
+    ax.yaxis.grid(True, color="#dddddd", linewidth=0.6)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.legend(title="model" if xlabel != "model" else "language", fontsize=8, title_fontsize=8,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
 def _grouped_bars(
     path: Path,
     *,
@@ -76,17 +114,7 @@ def _grouped_bars(
     ax = fig.add_subplot()
     bar_width = 0.8 / len(series)
     for i, name in enumerate(series):
-        xs, heights, lows, highs = [], [], [], []
-        for j, group in enumerate(groups):
-            row = lookup(group, name)
-            if not has_accuracy(row):
-                continue
-            assert row is not None
-            est = row.accuracy
-            xs.append(j - 0.4 + bar_width * (i + 0.5))
-            heights.append(100 * est.value)
-            lows.append(max(0.0, 100 * (est.value - est.low)) if math.isfinite(est.low) else 0.0)
-            highs.append(max(0.0, 100 * (est.high - est.value)) if math.isfinite(est.high) else 0.0)
+        xs, heights, lows, highs = _series_bars(groups, lambda group: lookup(group, name), i, bar_width)
         ax.bar(
             xs,
             heights,
@@ -103,22 +131,7 @@ def _grouped_bars(
             for x, h, hi in zip(xs, heights, highs, strict=True):  # above the CI whisker, not inside it
                 ax.annotate(f"{h:.1f}", (x, h + hi), xytext=(0, 2), textcoords="offset points",
                             ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(range(len(groups)), [_plain(g) for g in groups])
-    if rotate:
-        for label in ax.get_xticklabels():
-            label.set_rotation(30)
-            label.set_horizontalalignment("right")
-    ax.set_xlim(-0.6, len(groups) - 0.4)
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_xlabel(xlabel)
-    ax.set_title(_plain(title))
-    ax.yaxis.grid(True, color="#dddddd", linewidth=0.6)
-    ax.set_axisbelow(True)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    ax.legend(title="model" if xlabel != "model" else "language", fontsize=8, title_fontsize=8,
-              loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    _style_axes(ax, groups, title=title, xlabel=xlabel, rotate=rotate)
     fig.tight_layout()
     try:
         with atomic_file(Path(path), "wb") as f:

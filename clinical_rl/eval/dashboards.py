@@ -54,9 +54,22 @@ def log_to_wandb(
     """
     import wandb
 
-    index = index_rows(rows)
-    payload: dict[str, Any] = {}
-    payload["eval/summary"] = wandb.Table(
+    payload: dict[str, Any] = _tables(rows, predictions)
+    for benchmark in benchmark_order(rows):
+        payload |= _benchmark_plots(rows, benchmark, run)
+
+    with tempfile.TemporaryDirectory(prefix="clinical_rl_charts_") as tmp:
+        images = dict(charts) if charts is not None else render_charts(rows, Path(tmp))
+        for label, chart in images.items():
+            payload[f"eval/charts/{file_slug(Path(chart).stem)}"] = wandb.Image(str(chart), caption=label)
+        run.log(payload)
+
+
+def _tables(rows: Sequence[GroupRow], predictions: Iterable[Prediction]) -> dict[str, Any]:
+    """`eval/summary` (the rows, accuracy in percent) and `eval/predictions` (one row per prediction)."""
+    import wandb
+
+    summary = wandb.Table(
         columns=ROW_COLUMNS,
         data=[
             [
@@ -67,47 +80,50 @@ def log_to_wandb(
             for r in rows
         ],
     )
-    payload["eval/predictions"] = wandb.Table(
+    table = wandb.Table(
         columns=PREDICTION_COLUMNS,
         data=[
             [p.benchmark, p.model, p.case_id, p.department, p.language, p.reference, p.extracted, p.verdict, p.path]
             for p in predictions
         ],
     )
-    for benchmark in benchmark_order(rows):
-        key = f"eval/{_wandb_key(benchmark)}"
-        models = model_order(rows, benchmark)
-        overall = [
-            [m, 100 * r.accuracy.value] for m in models if has_accuracy(r := index.get((benchmark, m, "overall", "all")))
-        ]
-        if overall:
-            payload[f"{key}/accuracy_by_model"] = wandb.plot.bar(
-                wandb.Table(columns=["model", "accuracy"], data=overall),
-                "model",
-                "accuracy",
-                title=f"{benchmark}: overall accuracy (%)",
-            )
-        by_department = [
-            [f"{department_label(d)} · {m}", department_label(d), m, 100 * r.accuracy.value]
-            for d in department_order(rows, benchmark)
-            for m in models
-            if has_accuracy(r := index.get((benchmark, m, "department", d)))
-        ]
-        if by_department:
-            payload[f"{key}/accuracy_by_department"] = wandb.plot.bar(
-                wandb.Table(columns=["department_model", "department", "model", "accuracy"], data=by_department),
-                "department_model",
-                "accuracy",
-                title=f"{benchmark}: accuracy by department (%)",
-            )
-        for m in models:
-            r = index.get((benchmark, m, "overall", "all"))
-            if has_accuracy(r):
-                assert r is not None
-                run.summary[f"{key}/{_wandb_key(m)}/accuracy"] = r.accuracy.value
+    return {"eval/summary": summary, "eval/predictions": table}
 
-    with tempfile.TemporaryDirectory(prefix="clinical_rl_charts_") as tmp:
-        images = dict(charts) if charts is not None else render_charts(rows, Path(tmp))
-        for label, chart in images.items():
-            payload[f"eval/charts/{file_slug(Path(chart).stem)}"] = wandb.Image(str(chart), caption=label)
-        run.log(payload)
+
+def _benchmark_plots(rows: Sequence[GroupRow], benchmark: str, run: Any) -> dict[str, Any]:
+    """One benchmark's bar plots (by model, by department); its overall accuracies go to the run summary."""
+    import wandb
+
+    index = index_rows(rows)
+    payload: dict[str, Any] = {}
+    key = f"eval/{_wandb_key(benchmark)}"
+    models = model_order(rows, benchmark)
+    overall = [
+        [m, 100 * r.accuracy.value] for m in models if has_accuracy(r := index.get((benchmark, m, "overall", "all")))
+    ]
+    if overall:
+        payload[f"{key}/accuracy_by_model"] = wandb.plot.bar(
+            wandb.Table(columns=["model", "accuracy"], data=overall),
+            "model",
+            "accuracy",
+            title=f"{benchmark}: overall accuracy (%)",
+        )
+    by_department = [
+        [f"{department_label(d)} · {m}", department_label(d), m, 100 * r.accuracy.value]
+        for d in department_order(rows, benchmark)
+        for m in models
+        if has_accuracy(r := index.get((benchmark, m, "department", d)))
+    ]
+    if by_department:
+        payload[f"{key}/accuracy_by_department"] = wandb.plot.bar(
+            wandb.Table(columns=["department_model", "department", "model", "accuracy"], data=by_department),
+            "department_model",
+            "accuracy",
+            title=f"{benchmark}: accuracy by department (%)",
+        )
+    for m in models:
+        r = index.get((benchmark, m, "overall", "all"))
+        if has_accuracy(r):
+            assert r is not None
+            run.summary[f"{key}/{_wandb_key(m)}/accuracy"] = r.accuracy.value
+    return payload
