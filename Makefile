@@ -29,7 +29,7 @@ demo: setup
 	$(BIN)/clinical-rl pipeline --config configs/demo.yaml
 
 plan: setup
-	$(BIN)/clinical-rl plan --config configs/demo.yaml
+	$(BIN)/clinical-rl plan --config configs/demo.yaml --for pipeline
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=15

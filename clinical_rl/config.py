@@ -212,6 +212,9 @@ class RunConfig(ConfigNode):
                             "(0: only the final policy)")
     keep_checkpoints: int = Field(1, ge=1, description="newest checkpoints kept (each holds optimizer states)")
     resume: bool = Field(True, description="continue from output_dir/checkpoints/latest when there is one")
+    resume_accept_changes: bool = Field(
+        False, description="accept changed settings on resume (those rl/config_record.py protects); each change is "
+        "logged and the next checkpoint records the new settings")
     model: ModelConfig = ModelConfig()
     rollout: RolloutConfig = RolloutConfig()
     policy: PolicyConfig = PolicyConfig()

@@ -1,8 +1,10 @@
 """Config files: a YAML file plus dotted command-line overrides (`algo.kl_coef=0.01`) -> a validated `RunConfig`;
-every error names the file, the line and the key."""
+every error names the file, the line and the key. A file must be UTF-8 (a byte-order mark is allowed), and a key
+given twice in one mapping is an error rather than the last one silently winning."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from clinical_rl.config import RunConfig
+from clinical_rl.utf8 import RESAVE_HINT, NotUtf8Error, decode_utf8
 
 
 class ConfigError(ValueError):
@@ -61,23 +64,71 @@ def _yaml_line(text: str, loc: tuple[str | int, ...]) -> int | None:
     return line
 
 
+def _duplicate_keys(node: yaml.Node, path: tuple[str, ...] = (), seen: set[int] | None = None) -> list[str]:
+    """`line: key 'a.b' appears twice (first at line N)` for every key repeated within one mapping, at any depth."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias of a node already walked
+        return []
+    seen.add(id(node))
+    found: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            line, name = key.start_mark.line + 1, str(key.value)
+            # `<<` merges another mapping in; keys given beside it override the merged ones, as YAML intends
+            if isinstance(key, yaml.ScalarNode) and name != "<<":
+                dotted = ".".join((*path, name))
+                if (key.tag, name) in first:
+                    found.append(f"{line}: key '{dotted}' appears twice (first at line {first[key.tag, name]})")
+                first.setdefault((key.tag, name), line)
+            found += _duplicate_keys(value, (*path, name), seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found += _duplicate_keys(item, (*path, str(i)), seen)
+    return found
+
+
+def _read_text(path: Path) -> str:
+    """The text of config file `path`.
+
+    Raises:
+        ConfigError: the file is missing or not UTF-8 (naming its line, column and byte offset).
+    """
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return decode_utf8(path.read_bytes())
+    except NotUtf8Error as err:
+        raise ConfigError(f"{path}:{err.line}: {err}; {RESAVE_HINT}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config, apply dotted overrides, validate; errors name file, line and key."""
+    """Read a YAML config, apply dotted overrides, validate; errors name file, line and key.
+
+    Raises:
+        ConfigError: a missing or non-UTF-8 file, invalid YAML, a key given twice in one mapping, a malformed
+            override, or a value the config rejects; each names the file and line (or the command line) and key.
+    """
     text, raw = "", {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        text = path.read_text()
+        text = _read_text(path)
         try:
+            node = yaml.compose(text)
+            duplicates = _duplicate_keys(node) if node is not None else []
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: invalid YAML: {err}") from err
+        if duplicates:
+            raise ConfigError("\n".join(f"{path}:{d}" for d in duplicates))
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of config sections")
     from_cli = parse_overrides(overrides or [])
+    # On the defaults' tree, so that a partial section keeps the defaults of the section it overrides: a section's
+    # default can differ from its class's (eval.engine's max_model_len is 4096, EngineConfig's 2048).
+    defaults = RunConfig().model_dump(mode="json")
     try:
-        return RunConfig.model_validate(_deep_merge(raw, from_cli))
+        return RunConfig.model_validate(_deep_merge(_deep_merge(defaults, raw), from_cli))
     except ValidationError as err:
         raise ConfigError(_describe(err, path, text, from_cli)) from None
 
@@ -107,3 +158,9 @@ def _in_tree(tree: dict[str, Any], loc: tuple[str | int, ...]) -> bool:
 def dump_config(cfg: RunConfig) -> str:
     """The resolved tree as YAML (what `clinical-rl plan` prints and what a run stores)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """12 hex digits of the SHA-256 of the resolved config (`dump_config`): names one exact configuration in
+    reports, pipeline markers and run directories."""
+    return hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:12]

@@ -107,6 +107,11 @@ class EvalConfig(ConfigNode):
     max_error_frac: float = Field(0.05, ge=0, le=1, description="`eval` exits non-zero when a model's errors on a "
                                   "benchmark pass this fraction (the report is still written)")
     out_dir: str | None = Field(None, description="report directory; default: <output_dir>/eval")
+    restart: bool = Field(False, description="evaluate every (model, benchmark) pair again (default: reuse the "
+                          "predictions in <out_dir>/predictions/ of pairs done with the same inputs, and ask again "
+                          "only the cases that failed)")
+    min_interval_n: int = Field(10, ge=1, description="groups of fewer cases show accuracy and n without a "
+                                "confidence interval (report, charts, summary.json)")
     after_training: bool = Field(False, description="`ppo`: evaluate the base model and the trained policy at the end")
 
 

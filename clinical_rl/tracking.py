@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import netrc
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -29,6 +30,26 @@ _CONSOLE_KEYS = (
     "perf/rollout_tokens_per_s",
     "timing/step",
 )
+
+
+WANDB_LOGIN_HELP = ("online needs WANDB_API_KEY in the environment (or `wandb login`); set tracking.wandb_mode=offline "
+                    "to sync later")
+
+
+def wandb_logged_in() -> bool:
+    """W&B can log in: WANDB_API_KEY is set, or `wandb login` stored a key in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def require_wandb_login(cfg: TrackingConfig) -> None:
+    """Raises ValueError naming tracking.wandb_mode when it is online and W&B cannot log in."""
+    if cfg.wandb_mode == "online" and not wandb_logged_in():
+        raise ValueError(f"tracking.wandb_mode: {WANDB_LOGIN_HELP}")
 
 
 class PhaseTimer:
@@ -57,8 +78,7 @@ class Tracker:
         """`resume_id`: the W&B run a resumed training continues (its later steps append to the same curves).
         `metrics_file`: JSONL, one `{"step": N, <metric>: value, ...}` line per `log` call (non-finite values as
         null), started empty; `restore` rewrites it from a checkpoint's history."""
-        if cfg.wandb_mode == "online" and not os.environ.get("WANDB_API_KEY"):
-            raise ValueError("tracking.wandb_mode=online needs WANDB_API_KEY in the environment")
+        require_wandb_login(cfg)
         self.run = None
         if cfg.wandb_mode != "disabled":
             import wandb

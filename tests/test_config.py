@@ -75,3 +75,50 @@ def test_config_is_frozen_and_round_trips(tmp_path):
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_validate(name):
     load_config(ROOT / "configs" / name)
+
+
+def test_a_key_given_twice_names_both_lines_at_any_depth(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("steps: 3\nalgo:\n  kl_coef: 0.1\n  gamma: 1.0\n  kl_coef: 0.2\n"
+                    "eval:\n  benchmarks:\n    - name: a\n      name: b\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).splitlines() == [
+        f"{path}:5: key 'algo.kl_coef' appears twice (first at line 3)",
+        f"{path}:9: key 'eval.benchmarks.0.name' appears twice (first at line 8)",
+    ]
+
+
+def test_a_yaml_merge_key_is_not_a_duplicate(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("policy: &trainer\n  lr: 1.0e-6\n  zero_stage: 2\ncritic:\n  <<: *trainer\n  lr: 1.0e-5\n")
+    cfg = load_config(path)
+    assert (cfg.critic.lr, cfg.critic.zero_stage, cfg.policy.lr) == (1e-5, 2, 1e-6)
+
+
+def test_a_config_file_that_is_not_utf8_names_line_column_and_byte_offset(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("steps: 3\ntracking:\n  run_name: fièvre\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == (f"{path}:3: not UTF-8 (byte 0xe8 at column 15, byte offset 33); "
+                              "re-save as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+
+
+def test_a_config_file_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "bom.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + "steps: 3\ntracking:\n  run_name: fièvre\n".encode())
+    cfg = load_config(path)
+    assert (cfg.steps, cfg.tracking.run_name) == (3, "fièvre")
+
+
+def test_a_partial_section_keeps_the_defaults_of_the_section_it_overrides(tmp_path):
+    # eval.engine's defaults (bf16, 4096 tokens) differ from EngineConfig's (model.dtype, 2048): overriding one key
+    # of it, on the command line or in a file, must not reset the others to the class's.
+    cfg = load_config(None, ["eval.engine.gpu_memory_utilization=0.15"])
+    assert (cfg.eval.engine.gpu_memory_utilization, cfg.eval.engine.max_model_len, cfg.eval.engine.dtype) == \
+        (0.15, 4096, "bfloat16")
+    path = tmp_path / "c.yaml"
+    path.write_text("synthesis:\n  engine:\n    num_engines: 2\n")
+    assert load_config(path).synthesis.engine.max_model_len == 4096
+    assert load_config(path).synthesis.engine.num_engines == 2

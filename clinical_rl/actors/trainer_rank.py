@@ -56,6 +56,11 @@ class TrainerRank:
                                               load_lr_scheduler_states=True)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint at {Path(directory) / tag}")
+        # DeepSpeed restores the saved optimizer hyperparameters; a resume that accepted new ones
+        # (resume_accept_changes) must train with the config's. Group 0 is the decayed one (`_param_groups`).
+        for i, group in enumerate(self.engine.optimizer.param_groups):
+            group["lr"] = self.cfg.lr
+            group["weight_decay"] = self.cfg.weight_decay if i == 0 else 0.0
         return self.optimizer_steps()
 
     def optimizer_steps(self) -> int:

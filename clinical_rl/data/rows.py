@@ -1,7 +1,9 @@
 """Data rows with their locations, and one row -> one `Case`: what every case loader shares.
 
 A location is `file:line` (JSONL: the physical line; JSON and CSV: the line where the record starts) or
-`file: row i` (Parquet, HF datasets); every `CaseFormatError` starts with it and then names the field.
+`file: row i` (Parquet, HF datasets); every `CaseFormatError` starts with it and then names the field. Text files
+are UTF-8, with or without a byte-order mark; a file in another encoding is named with the line and column of its
+first undecodable byte.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Protocol
 
 from clinical_rl.data.cases import Case
 from clinical_rl.data.departments import DEPARTMENTS
+from clinical_rl.utf8 import RESAVE_HINT, locate_not_utf8
 
 
 class ColumnReader(Protocol):
@@ -42,17 +45,33 @@ class CaseFormatError(ValueError):
 # Records with their locations
 
 
+def _not_utf8(file: Path) -> CaseFormatError:
+    """The error for a text file that did not decode as UTF-8, at the line and column of its first bad byte."""
+    err = locate_not_utf8(file)
+    if err is None:  # it decodes now: the file changed while it was read
+        return CaseFormatError(f"{file}: not UTF-8 when read, UTF-8 now (was it being written?)")
+    return CaseFormatError(f"{file}:{err.line}: not UTF-8 (byte 0x{err.byte:02x} at column {err.column}); "
+                           f"{RESAVE_HINT}")
+
+
 def jsonl_records(file: Path) -> Iterator[tuple[str, Any]]:
-    """(`file:line`, the record) for every non-blank line."""
-    with file.open(encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CaseFormatError(f"{file}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
-            yield f"{file}:{lineno}", row
+    """(`file:line`, the record) for every non-blank line.
+
+    Raises:
+        CaseFormatError: a line that is not JSON, or a file that is not UTF-8 (naming the line).
+    """
+    try:
+        with file.open(encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise CaseFormatError(f"{file}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
+                yield f"{file}:{lineno}", row
+    except UnicodeDecodeError:  # raised per buffer, not per line: the file is scanned again for the place
+        raise _not_utf8(file) from None
 
 
 def json_records(file: Path, top: str = "array") -> list[tuple[str, str | None, Any]]:
@@ -60,8 +79,14 @@ def json_records(file: Path, top: str = "array") -> list[tuple[str, str | None, 
 
     The file is validated with `json.loads` (so invalid JSON names its line), then walked record by record with
     `JSONDecoder.raw_decode`, whose end offsets give where each next record starts.
+
+    Raises:
+        CaseFormatError: invalid JSON, the wrong top level, or a file that is not UTF-8 (naming the line).
     """
-    text = file.read_text(encoding="utf-8-sig")
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise _not_utf8(file) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -106,7 +131,19 @@ class _CountingLines:
 
 
 def csv_records(file: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """(`file:line` where the record starts, header -> cell) for every non-blank record."""
+    """(`file:line` where the record starts, header -> cell) for every non-blank record.
+
+    Raises:
+        CaseFormatError: no header, duplicate columns, a malformed record, or a file that is not UTF-8 (naming
+            the line).
+    """
+    try:
+        yield from _csv_records(file)
+    except UnicodeDecodeError:  # raised per buffer, not per record: the file is scanned again for the place
+        raise _not_utf8(file) from None
+
+
+def _csv_records(file: Path) -> Iterator[tuple[str, dict[str, str]]]:
     with file.open(encoding="utf-8-sig", newline="") as f:
         lines = _CountingLines(f)
         reader = csv.reader(lines)
@@ -165,7 +202,7 @@ class _RowReader:
         value, label = self.read(name)
         if value is _MISSING or value is None:
             if required:
-                raise CaseFormatError(f"{self.where}: {label} missing")
+                raise CaseFormatError(f"{self.where}: {label} missing{self._mapping_hint(name)}")
             return None
         if not isinstance(value, str):
             hint = " (map it as {column: ..., join: ', '} to join a list)" if isinstance(value, list) else ""
@@ -175,6 +212,13 @@ class _RowReader:
                 raise CaseFormatError(f"{self.where}: {label} is empty")
             return None
         return value
+
+    def _mapping_hint(self, name: str) -> str:
+        """For a field read under its own name: the record's columns and how to map one of them to it."""
+        if self.columns.get(name) not in (name, (name,)):  # mapped to another column: the label names that one
+            return ""
+        columns = ", ".join(map(str, list(self.row)[:12])) + (", ..." if len(self.row) > 12 else "")
+        return f" (the record's columns: {columns}; map one with fields: {{{name}: COLUMN}})"
 
     def case_id(self, default_id: str) -> str:
         case_id, label = self.read("id")

@@ -7,7 +7,6 @@ Their text is English only: the default fonts lack CJK glyphs, so characters the
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +18,7 @@ from clinical_rl.eval.report_base import (
     benchmark_order,
     department_label,
     department_order,
+    file_slug,
     has_accuracy,
     index_rows,
     language_label,
@@ -54,8 +54,9 @@ def _model_colors(models: Sequence[str]) -> dict[str, Any]:
 
 def _series_bars(groups: Sequence[str], lookup: Callable[[str], GroupRow | None], position: int,
                  bar_width: float) -> tuple[list[float], list[float], list[float], list[float]]:
-    """One series' bars: x positions, heights (%) and the CI whiskers below and above (%, 0 where unknown);
-    groups without an accuracy get no bar."""
+    """One series' bars: x positions, heights (%) and the CI whiskers below and above (%); groups without an
+    accuracy get no bar, rows without an interval (too few cases, `Estimate.has_interval`) NaN whiskers, which
+    matplotlib leaves undrawn: no error bar rather than a zero-width one that reads as certainty."""
     xs, heights, lows, highs = [], [], [], []
     for j, group in enumerate(groups):
         row = lookup(group)
@@ -65,8 +66,8 @@ def _series_bars(groups: Sequence[str], lookup: Callable[[str], GroupRow | None]
         est = row.accuracy
         xs.append(j - 0.4 + bar_width * (position + 0.5))
         heights.append(100 * est.value)
-        lows.append(max(0.0, 100 * (est.value - est.low)) if math.isfinite(est.low) else 0.0)
-        highs.append(max(0.0, 100 * (est.high - est.value)) if math.isfinite(est.high) else 0.0)
+        lows.append(max(0.0, 100 * (est.value - est.low)) if est.has_interval else math.nan)
+        highs.append(max(0.0, 100 * (est.high - est.value)) if est.has_interval else math.nan)
     return xs, heights, lows, highs
 
 
@@ -102,7 +103,8 @@ def _grouped_bars(
     value_labels: bool,
     rotate: bool = False,
 ) -> Path:
-    """Grouped bars (x: `groups`, one bar per `series`) with CI error bars, saved atomically as a PNG."""
+    """Grouped bars (x: `groups`, one bar per `series`) with CI error bars where rows have an interval, saved
+    atomically as a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -129,7 +131,8 @@ def _grouped_bars(
         )
         if value_labels:
             for x, h, hi in zip(xs, heights, highs, strict=True):  # above the CI whisker, not inside it
-                ax.annotate(f"{h:.1f}", (x, h + hi), xytext=(0, 2), textcoords="offset points",
+                top = h if math.isnan(hi) else h + hi
+                ax.annotate(f"{h:.1f}", (x, top), xytext=(0, 2), textcoords="offset points",
                             ha="center", va="bottom", fontsize=7)
     _style_axes(ax, groups, title=title, xlabel=xlabel, rotate=rotate)
     fig.tight_layout()
@@ -222,11 +225,6 @@ def plot_training_curve(history: Sequence[Mapping[str, Any]], path: Path) -> Pat
     return Path(path)
 
 
-def file_slug(text: str) -> str:
-    """`text` as a file-name stem: runs of other characters than `A-Za-z0-9._-` become `_`."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "benchmark"
-
-
 def render_charts(rows: Sequence[GroupRow], chart_dir: Path) -> dict[str, Path]:
     """All charts for `rows` under `chart_dir`: label -> PNG path (overall, then per benchmark)."""
     charts: dict[str, Path] = {}
@@ -235,9 +233,10 @@ def render_charts(rows: Sequence[GroupRow], chart_dir: Path) -> dict[str, Path]:
     charts["Overall accuracy per model and benchmark"] = plot_models_overall(rows, chart_dir / "overall.png")
     used: set[str] = set()
     for benchmark in benchmark_order(rows):
-        slug, k = file_slug(benchmark), 2
+        base = file_slug(benchmark, "benchmark")
+        slug, k = base, 2
         while slug in used:
-            slug, k = f"{file_slug(benchmark)}-{k}", k + 1
+            slug, k = f"{base}-{k}", k + 1
         used.add(slug)
         if department_order(rows, benchmark):
             charts[f"{benchmark}: accuracy by department"] = plot_departments(

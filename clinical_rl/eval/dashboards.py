@@ -8,12 +8,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from clinical_rl.eval.charts import file_slug, render_charts
+from clinical_rl.eval.charts import render_charts
 from clinical_rl.eval.records import GroupRow, Prediction
 from clinical_rl.eval.report_base import (
     benchmark_order,
     department_label,
     department_order,
+    file_slug,
     has_accuracy,
     index_rows,
     model_order,
@@ -61,7 +62,7 @@ def log_to_wandb(
     with tempfile.TemporaryDirectory(prefix="clinical_rl_charts_") as tmp:
         images = dict(charts) if charts is not None else render_charts(rows, Path(tmp))
         for label, chart in images.items():
-            payload[f"eval/charts/{file_slug(Path(chart).stem)}"] = wandb.Image(str(chart), caption=label)
+            payload[f"eval/charts/{file_slug(Path(chart).stem, 'chart')}"] = wandb.Image(str(chart), caption=label)
         run.log(payload)
 
 

@@ -1,8 +1,10 @@
-"""What evaluation produces: one `Prediction` per case and model, `GroupRow`s that summarise them, and the
-`Outcomes` of each model on each benchmark (how many failed, stayed undecided or gave no final answer)."""
+"""What evaluation produces: one `Prediction` per case and model, `GroupRow`s that summarise them, the
+`Outcomes` of each model on each benchmark (how many failed, stayed undecided or gave no final answer), and the
+`Provenance` a report names (which models, benchmarks, config and version)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -41,12 +43,18 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A proportion with its bootstrap 95% confidence interval."""
+    """A proportion with its bootstrap 95% confidence interval; `low` and `high` are NaN when there is no
+    interval: no outcomes, or fewer than `eval.min_interval_n` (a bootstrap of 1 case gives [x, x], which reads
+    as certainty)."""
 
     value: float
     low: float
     high: float
     n: int
+
+    @property
+    def has_interval(self) -> bool:
+        return math.isfinite(self.low) and math.isfinite(self.high)
 
 
 @dataclass(frozen=True)
@@ -73,11 +81,17 @@ class Outcomes:
     errors: int  # verdict "error": the request or the judge failed
     undecided: int  # no rule or judge could decide
     no_answer: int  # a reply without a final answer to judge (path "format")
+    answered: int  # a reply with a final answer to judge: path neither "format" nor "error" (a failed request)
     first_error: str | None  # the first error's message, for the console and the report
 
     @property
     def error_frac(self) -> float:
         return self.errors / self.n if self.n else 0.0
+
+    @property
+    def format_rate(self) -> float:
+        """Share of the cases (failed requests included) whose reply had a final answer to judge; 0 for none."""
+        return self.answered / self.n if self.n else 0.0
 
 
 def count_outcomes(predictions: Iterable[Prediction]) -> list[Outcomes]:
@@ -88,6 +102,41 @@ def count_outcomes(predictions: Iterable[Prediction]) -> list[Outcomes]:
     return [
         Outcomes(benchmark, model, len(preds), sum(p.verdict == "error" for p in preds),
                  sum(p.verdict == "undecided" for p in preds), sum(p.path == "format" for p in preds),
+                 sum(p.path not in ("format", "error") for p in preds),
                  next((p.error for p in preds if p.verdict == "error"), None))
         for (benchmark, model), preds in groups.items()
     ]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where one evaluated model's answers came from: a local directory or an endpoint's model."""
+
+    label: str
+    path: str | None  # local: the resolved model directory
+    base_url: str | None  # endpoint: the URL requests went to
+    model: str | None  # endpoint: the model name there
+
+    def describe(self) -> str:
+        """`local /abs/dir` or `endpoint <model> at <base_url>`."""
+        return f"local {self.path}" if self.path is not None else f"endpoint {self.model} at {self.base_url}"
+
+
+@dataclass(frozen=True)
+class BenchmarkSource:
+    """One benchmark as evaluated: its name, where its cases came from ('builtin' or a resolved path), how many."""
+
+    name: str
+    path: str
+    n: int
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What a report covers, so that it can be read without the command that made it."""
+
+    models: tuple[ModelSource, ...]
+    benchmarks: tuple[BenchmarkSource, ...]
+    config_hash: str  # `config_files.config_hash` of the run's resolved config
+    version: str  # clinical_rl's installed version
+    min_interval_n: int  # groups with fewer cases show no confidence interval

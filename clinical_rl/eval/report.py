@@ -20,7 +20,7 @@ from typing import Any
 
 from clinical_rl.data.departments import DEPARTMENT_ZH
 from clinical_rl.eval.charts import plot_training_curve, render_charts
-from clinical_rl.eval.records import REPORT, GroupRow, Outcomes, Prediction, count_outcomes
+from clinical_rl.eval.records import REPORT, GroupRow, Outcomes, Prediction, Provenance, count_outcomes
 from clinical_rl.eval.report_base import (
     atomic_file,
     benchmark_order,
@@ -101,25 +101,14 @@ def _parse_prediction(obj: Any) -> Prediction:
 
 def read_predictions(path: Path) -> list[Prediction]:
     """Read a predictions.jsonl; blank lines are skipped, a bad line raises ValueError naming `file:line`."""
-    path = Path(path)
+    from clinical_rl.data.rows import jsonl_records
+
     out: list[Prediction] = []
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{where}: not UTF-8 ({e})") from e
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
-            try:
-                out.append(_parse_prediction(obj))
-            except ValueError as e:
-                raise ValueError(f"{where}: {e}") from e
+    for where, obj in jsonl_records(Path(path)):
+        try:
+            out.append(_parse_prediction(obj))
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
     return out
 
 
@@ -133,11 +122,12 @@ def _pct(x: float) -> str:
 
 
 def format_accuracy(row: GroupRow | None, *, with_n: bool = False) -> str:
-    """`62.5 [55.1, 69.8]` (percent with its 95% CI), optionally followed by ` (n=40)`; `—` when absent."""
+    """`62.5 [55.1, 69.8]` (percent with its 95% CI), optionally followed by ` (n=40)`; without the brackets when
+    the row has no interval (too few cases, `Estimate.has_interval`); `—` when absent."""
     if row is None:
         return _MISSING
     est = row.accuracy
-    text = f"{_pct(est.value)} [{_pct(est.low)}, {_pct(est.high)}]"
+    text = f"{_pct(est.value)} [{_pct(est.low)}, {_pct(est.high)}]" if est.has_interval else _pct(est.value)
     return f"{text} (n={est.n})" if with_n else text
 
 
@@ -189,22 +179,25 @@ def markdown_report(
     rows: Sequence[GroupRow],
     *,
     title: str,
+    provenance: Provenance,
     charts: Mapping[str, Path] | None = None,
     relative_to: Path | None = None,
     outcomes: Sequence[Outcomes] = (),
 ) -> str:
-    """The report as Markdown: per benchmark an overview (model × overall / departments / languages), the
-    `outcomes` (errors, undecided, no final answer per model), a department table and a language table; then the
-    charts, as `![label](path)`.
+    """The report as Markdown: what was evaluated (`provenance`); per benchmark an overview (model × overall /
+    departments / languages), the `outcomes` (format rate, no final answer, undecided, errors per model), a
+    department table and a language table; then the charts, as `![label](path)`.
 
     Chart paths are emitted as given (POSIX separators); with `relative_to` (the report's directory) they are
     made relative to it.
     """
     index = index_rows(rows)
-    lines = [f"# {title}", ""]
+    lines = [f"# {title}", "", *_provenance_lines(provenance), ""]
     lines.append(
         "Accuracy in percent with its bootstrap 95% confidence interval in brackets; n is the number of cases "
-        "scored. Departments follow ClinicalGPT-R1's grouping of ICD-10 codes."
+        f"scored. Groups of fewer than {provenance.min_interval_n} cases show no interval (eval.min_interval_n): "
+        "with so few cases a bootstrap interval says nothing. Departments follow ClinicalGPT-R1's grouping of "
+        "ICD-10 codes."
     )
     if not rows:
         lines += ["", "_No results._"]
@@ -242,16 +235,30 @@ def markdown_report(
     return "\n".join(lines) + "\n"
 
 
+def _provenance_lines(provenance: Provenance) -> list[str]:
+    """The "What was evaluated" section: each model's source, each benchmark's source and size, config, version."""
+    lines = ["## What was evaluated", "", "| model | source |", "|:---|:---|"]
+    lines += [f"| {_cell(m.label)} | {_cell(m.describe())} |" for m in provenance.models]
+    lines += ["", "| benchmark | cases from | n |", "|:---|:---|---:|"]
+    lines += [f"| {_cell(b.name)} | {_cell(b.path)} | {b.n} |" for b in provenance.benchmarks]
+    return lines + ["", f"Config hash `{provenance.config_hash}` (`config_files.config_hash` of the resolved "
+                        f"config), clinical_rl {provenance.version}."]
+
+
 def _outcome_lines(outcomes: Sequence[Outcomes]) -> list[str]:
-    """Errors, undecided and missing answers per model (all counted as not correct above)."""
+    """Per model: format rate, missing answers, undecided and errors (all but correct count as not correct)."""
     if not outcomes:
         return []
-    body = [[o.model, o.n, o.errors, o.undecided, o.no_answer, (o.first_error or "")[:120]] for o in outcomes]
-    lines = ["", "### Errors, undecided and missing answers", ""]
+    body = [[o.model, o.n, f"{100 * o.format_rate:.1f}%", o.no_answer, o.undecided, o.errors,
+             (o.first_error or "")[:120]] for o in outcomes]
+    lines = ["", "### Outcomes", "",
+             "Format rate: share of cases whose reply had a final answer to judge. No final answer: a reply "
+             "without one. Undecided: neither rule nor judge could decide. Errors: a failed request or judge. "
+             "All of these count as not correct above.", ""]
     if any(o.errors for o in outcomes):
-        lines += ["**Some answers failed**: a failed request or judge counts as not correct above.", ""]
-    return lines + _table(["model", "n", "errors", "undecided", "no final answer", "first error"], body,
-                          ["l", "r", "r", "r", "r", "l"])
+        lines += ["**Some answers failed**: see the errors and the first error below.", ""]
+    return lines + _table(["model", "n", "format rate", "no final answer", "undecided", "errors", "first error"],
+                          body, ["l", "r", "r", "r", "r", "r", "l"])
 
 
 def _department_label_md(department: str) -> str:
@@ -287,11 +294,16 @@ def write_report(
     predictions: Iterable[Prediction],
     out_dir: Path,
     *,
+    provenance: Provenance,
     title: str = "clinical_rl evaluation",
     training_history: Sequence[Mapping[str, Any]] | None = None,
 ) -> Path:
-    """Write `predictions.jsonl`, `summary.json` ({"groups": accuracy rows, "outcomes": errors, undecided and
-    missing answers per benchmark and model}), `charts/*.png` and `report.md` (last) under `out_dir`.
+    """Write `predictions.jsonl`, `summary.json`, `charts/*.png` and `report.md` (last) under `out_dir`.
+
+    summary.json: {"groups": accuracy rows (interval bounds null where a group has none), "outcomes": per
+    benchmark and model n, errors, undecided, no_answer, answered, first_error, error_frac and format_rate,
+    "models": [{label, path, base_url, model}], "benchmarks": [{name, path, n}], "config_hash", "version",
+    "min_interval_n"} -- the last five from `provenance`.
 
     `training_history`: the `metrics.jsonl` rows of the RL run that produced a model in the report; its per-step
     reward and accuracy become `charts/training.png`.
@@ -306,15 +318,15 @@ def write_report(
     outcomes = count_outcomes(predictions)
     write_predictions(predictions, out_dir / "predictions.jsonl")
     summary = {"groups": [_finite(asdict(row)) for row in rows],
-               "outcomes": [asdict(o) | {"error_frac": o.error_frac} for o in outcomes]}
+               "outcomes": [asdict(o) | {"error_frac": o.error_frac, "format_rate": o.format_rate} for o in outcomes],
+               **asdict(provenance)}
     _write_text(out_dir / "summary.json", json.dumps(summary, ensure_ascii=False, indent=2, allow_nan=False) + "\n")
     charts = render_charts(rows, chart_dir)
     if training_history:
         charts["Training curve: reward and accuracy of the RL rollouts per step"] = plot_training_curve(
             training_history, chart_dir / "training.png")
-    report = _write_text(
-        out_dir / REPORT, markdown_report(rows, title=title, charts=charts, relative_to=out_dir, outcomes=outcomes)
-    )
+    report = _write_text(out_dir / REPORT, markdown_report(rows, title=title, provenance=provenance, charts=charts,
+                                                           relative_to=out_dir, outcomes=outcomes))
     produced = {p.resolve() for p in charts.values()}
     if chart_dir.is_dir():
         for stale in chart_dir.iterdir():

@@ -1,5 +1,5 @@
 """What the evaluation report, its charts and its W&B dashboards share: how `GroupRow`s are ordered, looked up and
-labelled, and atomic file writes.
+labelled, and atomic file writes with safe names.
 
 Ordering is stable everywhere: benchmarks and models in first-seen order, departments in `DEPARTMENTS` order (unknown
 ones after, first-seen), languages zh, en, then others first-seen.
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,10 +29,18 @@ LANGUAGE_NAMES: dict[str, str] = {"zh": "Chinese", "en": "English"}
 
 @contextmanager
 def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """A temp file next to `path`, renamed over it only when the block finishes without error."""
+    """A temp file next to `path`, renamed over it only when the block finishes without error.
+
+    `mode`: "w" (text, UTF-8, `\\n` line ends) or "wb". The file gets the permissions `open()` would give it,
+    0666 less the umask (0644 under umask 022). Raises what creating, writing or renaming raises; the temp file
+    is removed then and `path` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    # Not tempfile.mkstemp: it creates 0600, so reports meant to be shared would be readable by their owner only.
+    # O_EXCL keeps mkstemp's guarantee that the name is ours; 48 random bits make a clash practically impossible.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         kwargs = {"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {}
         with os.fdopen(fd, mode, **kwargs) as f:
@@ -40,8 +49,14 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def file_slug(text: str, fallback: str) -> str:
+    """`text` as a file-name stem: runs of other characters than `A-Za-z0-9._-` become `_`; `fallback` when
+    nothing is left (e.g. a label in Chinese)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or fallback
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
     for model in models:                       # a local checkpoint (vLLM engine actors) or an endpoint
         for benchmark in benchmarks:           # case files, optionally an ICD-stratified split
+            if done with the same inputs: reuse   # out_dir/predictions/ (eval/pairs.py), unless eval.restart
             replies     = model.chat(case conversations)          # same prompt format as training
             predictions += verify(final answer of each reply)     # rule verifier, then the judge
+            keep the pair's predictions                           # a crash later loses none of them
     rows = summarize(predictions)              # accuracy per department / language, bootstrap 95% CIs
     write_report(rows, predictions)            # report.md, charts/*.png, predictions.jsonl, summary.json
 """
@@ -11,12 +13,13 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -25,12 +28,14 @@ from clinical_rl.config_stages import EvalBenchmarkConfig, EvalConfig, EvalModel
 from clinical_rl.data.cases import Case
 from clinical_rl.data.loaders import load_cases
 from clinical_rl.data.prompts import case_messages, template_opens_think
-from clinical_rl.eval.records import GroupRow, Outcomes, Prediction, count_outcomes
+from clinical_rl.eval.pairs import PairFiles, benchmark_source, model_source, pair_inputs
+from clinical_rl.eval.records import GroupRow, ModelSource, Outcomes, Prediction, Provenance, count_outcomes
 from clinical_rl.llm_client import ChatBackend, ChatReply, Conversation, EngineChat, OpenAIChat
 from clinical_rl.rewards.answer_format import parse_response
 from clinical_rl.rewards.cascade import CascadeVerifier, Decision
 from clinical_rl.rewards.judge import LLMJudge
 from clinical_rl.rewards.rule_verifier import RuleVerifier
+from clinical_rl.tracking import require_wandb_login
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,14 @@ class EvalResult:
 def run_eval(cfg: RunConfig, models: Sequence[EvalModelConfig] | None = None,
              training_metrics: Path | None = None) -> EvalResult:
     """Evaluate `models` (default: `cfg.eval.models`) on `cfg.eval.benchmarks` and write the report; with
-    `training_metrics` (an RL run's `metrics.jsonl`), the report shows that run's training curve too."""
+    `training_metrics` (an RL run's `metrics.jsonl`), the report shows that run's training curve too.
+
+    Each (model, benchmark) pair's predictions are kept under `<out_dir>/predictions/` as soon as they are judged;
+    a rerun into the same out_dir reuses those made from the same inputs (`_evaluate_model`) unless
+    `eval.restart`. Raises ValueError for an empty model list or online W&B without a key, FileNotFoundError for a
+    missing model directory (when that model's turn comes), and what loading a benchmark raises.
+    """
+    from clinical_rl.config_files import config_hash
     from clinical_rl.eval.report import write_report
     from clinical_rl.eval.scorers import summarize
     from clinical_rl.tracking import read_metrics
@@ -67,25 +79,95 @@ def run_eval(cfg: RunConfig, models: Sequence[EvalModelConfig] | None = None,
     models = list(models if models is not None else ev.models)
     if not models:
         raise ValueError("eval.models is empty: name at least one model (path or endpoint)")
-    if cfg.tracking.wandb_mode == "online" and not os.environ.get("WANDB_API_KEY"):
-        raise ValueError("tracking.wandb_mode=online needs WANDB_API_KEY in the environment")
-    benchmarks = {b.name: load_benchmark(b, cfg.seed) for b in ev.benchmarks}
+    require_wandb_login(cfg.tracking)
+    out_dir = Path(ev.out_dir or Path(cfg.output_dir) / "eval").resolve()  # chart links relative to the report
+    benchmarks = [(b, load_benchmark(b, cfg.seed)) for b in ev.benchmarks]
     verifier = CascadeVerifier(RuleVerifier(), _judge(ev))
     predictions: list[Prediction] = []
+    sources: list[ModelSource] = []
     for model in models:
-        opened = model_opens_think(model, cfg)
-        with open_backend(model, cfg) as backend:
-            for name, cases in benchmarks.items():
-                replies = chat_in_chunks(backend, [conversation(c, ev) for c in cases], ev, f"{model.label}/{name}")
-                judged = judge_replies(name, model.label, cases, replies, verifier, ev, think_opened=opened)
-                _say_errors(count_outcomes(judged)[0], f"{model.label}/{name}")
-                predictions += judged
-    rows = summarize(predictions, n_resamples=ev.bootstrap_resamples, seed=cfg.seed)
-    out_dir = Path(ev.out_dir or Path(cfg.output_dir) / "eval").resolve()  # chart links relative to the report
+        source = model_source(model)
+        sources.append(source)
+        predictions += _evaluate_model(model, source, benchmarks, verifier, cfg, out_dir)
+    rows = summarize(predictions, min_interval_n=ev.min_interval_n, n_resamples=ev.bootstrap_resamples,
+                     seed=cfg.seed)
+    provenance = Provenance(tuple(sources), tuple(benchmark_source(b, cases) for b, cases in benchmarks),
+                            config_hash(cfg), importlib.metadata.version("clinical_rl"), ev.min_interval_n)
     history = read_metrics(training_metrics) if training_metrics is not None else None
-    report = write_report(rows, predictions, out_dir, training_history=history)
+    report = write_report(rows, predictions, out_dir, provenance=provenance, training_history=history)
     _log_to_wandb(cfg, rows, predictions)
     return EvalResult(report, rows, predictions, count_outcomes(predictions))
+
+
+@dataclass
+class _Pair:
+    """One benchmark of the model being evaluated: its cases, files, inputs and the predictions so far (one per
+    case, None where it still has to be asked)."""
+
+    benchmark: EvalBenchmarkConfig
+    cases: list[Case]
+    files: PairFiles
+    inputs: dict[str, Any]
+    predictions: list[Prediction | None]
+
+    @property
+    def todo(self) -> list[int]:
+        return [i for i, p in enumerate(self.predictions) if p is None]
+
+
+def _evaluate_model(model: EvalModelConfig, source: ModelSource,
+                    benchmarks: Sequence[tuple[EvalBenchmarkConfig, list[Case]]], verifier: CascadeVerifier,
+                    cfg: RunConfig, out_dir: Path) -> list[Prediction]:
+    """`model`'s predictions on every benchmark, in benchmark order; each pair's are saved once judged.
+
+    A pair stored with the same inputs (`pair_inputs`) is reused; its failed cases (verdict "error": a dead
+    endpoint, a timeout, a failed judge) are asked again, so a rerun after fixing an endpoint completes the pair
+    without repeating the cases that succeeded. A pair stored with other inputs, or with `eval.restart`, is
+    evaluated anew. Each decision is one line on the console. The model's engines or client are opened only
+    when some case is left to ask.
+    """
+    ev = cfg.eval
+    pairs: list[_Pair] = []
+    for benchmark, cases in benchmarks:
+        files = PairFiles(out_dir, model.label, benchmark.name)
+        inputs = pair_inputs(model, source, benchmark, cases, cfg)
+        pair = _Pair(benchmark, cases, files, inputs, [None] * len(cases))
+        where = f"eval {model.label}/{benchmark.name}"
+        if ev.restart:
+            if files.exists():
+                print(f"{where}: eval.restart, evaluating again", flush=True)
+        else:
+            stored = files.load(inputs, [c.id for c in cases])
+            if stored.predictions is not None:
+                pair.predictions = [None if p.verdict == "error" else p for p in stored.predictions]
+                failed = len(pair.todo)
+                print(f"{where}: done in {files.predictions}, skipped" if not failed else
+                      f"{where}: {failed} of {len(cases)} cases failed last time; asking those again", flush=True)
+            elif stored.why:
+                print(f"{where}: stored predictions not reused, {stored.why}; evaluating again", flush=True)
+        pairs.append(pair)
+    if any(pair.todo for pair in pairs):
+        opened = model_opens_think(model, cfg)
+        with open_backend(model, cfg) as backend:
+            for pair in pairs:
+                if pair.todo:
+                    _ask(pair, model.label, backend, verifier, ev, opened)
+    return [p for pair in pairs for p in pair.predictions if p is not None]
+
+
+def _ask(pair: _Pair, label: str, backend: ChatBackend, verifier: CascadeVerifier, ev: EvalConfig,
+         think_opened: bool) -> None:
+    """Ask and judge the pair's open cases, fill them in, save the pair and say its errors."""
+    todo, name = pair.todo, pair.benchmark.name
+    cases = [pair.cases[i] for i in todo]
+    replies = chat_in_chunks(backend, [conversation(c, ev) for c in cases], ev, f"{label}/{name}")
+    judged = judge_replies(name, label, cases, replies, verifier, ev, think_opened=think_opened)
+    for i, prediction in zip(todo, judged, strict=True):
+        pair.predictions[i] = prediction
+    done = [p for p in pair.predictions if p is not None]
+    pair.files.save(done, pair.inputs)
+    for outcomes in count_outcomes(done):
+        _say_errors(outcomes, f"{label}/{name}")
 
 
 def _say_errors(outcomes: Outcomes, label: str) -> None:

@@ -15,6 +15,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
@@ -59,8 +60,13 @@ def bootstrap_ci(
     return Estimate(value, min(float(low), value), max(float(high), value), n)
 
 
-def summarize(predictions: Sequence[Prediction], *, n_resamples: int = 2000, seed: int = 0) -> list[GroupRow]:
+def summarize(predictions: Sequence[Prediction], *, min_interval_n: int, n_resamples: int = 2000,
+              seed: int = 0) -> list[GroupRow]:
     """Accuracy rows for each (benchmark, model), in order of first appearance.
+
+    `min_interval_n` (>= 1): a group of fewer cases keeps its accuracy and n but gets no interval (NaN `low`
+    and `high`, see `Estimate`): a bootstrap of a handful of outcomes is degenerate (n=1 gives [x, x]) and would
+    be read as a precise result. Required, so that no caller gets intervals for tiny groups by default.
 
     Each pair gets an overall row (group "all"), one row per department present (in `DEPARTMENTS` order; a
     department outside it would follow, sorted) and one per language present (en, zh, then any other, sorted).
@@ -73,8 +79,10 @@ def summarize(predictions: Sequence[Prediction], *, n_resamples: int = 2000, see
 
     `distinct_diagnoses`: distinct normalised references (`normalize_answer`); `distinct_icd10`: distinct ICD-10
     codes after `normalize_icd10` among predictions that carry one (codes it does not know are not counted).
-    Every row's interval uses the same `seed`.
+    Every row's interval uses the same `seed`. Raises ValueError for `min_interval_n` < 1.
     """
+    if min_interval_n < 1:
+        raise ValueError(f"min_interval_n must be >= 1, got {min_interval_n}")
     pairs: dict[tuple[str, str], list[Prediction]] = {}
     for p in predictions:
         pairs.setdefault((p.benchmark, p.model), []).append(p)
@@ -89,12 +97,15 @@ def summarize(predictions: Sequence[Prediction], *, n_resamples: int = 2000, see
             groups.append(("language", lang, [p for p in preds if p.language == lang]))
         for kind, group, members in groups:
             codes = {normalize_icd10(p.icd10) for p in members if p.icd10 and p.icd10.strip()}
+            accuracy = bootstrap_ci([p.correct for p in members], n_resamples=n_resamples, seed=seed)
+            if accuracy.n < min_interval_n:
+                accuracy = replace(accuracy, low=math.nan, high=math.nan)
             rows.append(GroupRow(
                 benchmark=benchmark,
                 model=model,
                 kind=kind,  # type: ignore[arg-type]
                 group=group,
-                accuracy=bootstrap_ci([p.correct for p in members], n_resamples=n_resamples, seed=seed),
+                accuracy=accuracy,
                 distinct_diagnoses=len({normalize_answer(p.reference) for p in members}),
                 distinct_icd10=len(codes - {None}),
             ))

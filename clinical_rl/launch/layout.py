@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clinical_rl.config import PlacementConfig, RunConfig
+from clinical_rl.config_base import EngineConfig
 from clinical_rl.launch.memory import Estimate, RoleMemory, estimate_roles
 from clinical_rl.launch.placement import PlacementPlan, Slot, plan_placement
 
@@ -97,7 +98,9 @@ def plan_memory(cfg: RunConfig) -> MemoryPlan:
     capacity = cfg.placement.gpu_memory_gib if cfg.device == "gpu" else cfg.placement.host_memory_gib
     laid_out = [_device(node, gpu, members, capacity) for (node, gpu), members in sorted(devices.items(),
                 key=lambda item: (item[0][0], -1 if item[0][1] is None else item[0][1]))]
-    problems = [_engine_problem(d, s, e, cfg) for d in laid_out for s, e in d.members if e and e.min_kv_gib]
+    problems = [engine_problem(f"{s.role}[{s.index}] on {_where(d)}", _engine_config(s.role, cfg), e,
+                               cfg.placement.gpu_memory_gib)
+                for d in laid_out for s, e in d.members if e and e.min_kv_gib]
     problems = [p for p in problems if p] + [_short_message(d) for d in laid_out if d.short_gib > 0]
     return MemoryPlan(plan, nodes, gpus, laid_out, roles, problems)
 
@@ -108,6 +111,69 @@ def check_memory(cfg: RunConfig) -> MemoryPlan:
     if memory.problems:
         raise ValueError("the layout does not fit:\n  " + "\n  ".join(memory.problems))
     return memory
+
+
+@dataclass(frozen=True)
+class NodeTotals:
+    """What the layout put on one node: its GPUs, CPUs and memory need, GiB."""
+
+    node: int
+    gpus: int
+    cpus: float
+    memory_gib: float  # device=gpu: the sum of its GPUs' peaks; device=cpu: its host memory's peak
+    largest_gib: float  # device=gpu: its fullest GPU's peak; device=cpu: memory_gib
+    known: bool  # False: some member's memory is unknown, the figures are lower bounds
+
+
+@dataclass(frozen=True)
+class RunTotals:
+    """Everything one PPO run holds at once: per resource over the run, and per node. GiB."""
+
+    bundles: int
+    gpus: int
+    cpus: float
+    gpu_memory_gib: float | None  # device=gpu: the sum of every GPU's peak; None on CPU
+    host_memory_gib: float | None  # device=cpu: the sum of every node's host peak; None on GPU (not planned)
+    nodes: list[NodeTotals]
+
+    @property
+    def known(self) -> bool:
+        return all(n.known for n in self.nodes)
+
+
+def run_totals(memory: MemoryPlan, cfg: RunConfig) -> RunTotals:
+    """Sum the bundles and the devices' peaks per node and over the run. A GPU's peak is already the larger of
+    its phases; summing GPUs adds peaks that may fall in different phases, so the run total is an upper bound."""
+    nodes = []
+    for node in sorted(set(memory.bundle_nodes)):
+        bundles = [b for b, n in enumerate(memory.bundle_nodes) if n == node]
+        devices = [d for d in memory.devices if d.node == node]
+        peaks = [d.peak_gib for d in devices]
+        nodes.append(NodeTotals(node, sum(len(memory.bundle_gpus[b]) for b in bundles),
+                                sum(memory.placement.bundles[b]["CPU"] for b in bundles), sum(peaks),
+                                max(peaks, default=0.0), all(d.known for d in devices)))
+    memory_gib = sum(n.memory_gib for n in nodes)
+    gpu = cfg.device == "gpu"
+    return RunTotals(len(memory.placement.bundles), sum(n.gpus for n in nodes), sum(n.cpus for n in nodes),
+                     memory_gib if gpu else None, None if gpu else memory_gib, nodes)
+
+
+def format_totals(totals: RunTotals, cfg: RunConfig) -> list[str]:
+    """The run's totals line, then one line per node (GPUs and CPUs of the configured ones, memory)."""
+    gpu = cfg.device == "gpu"
+    bound = "" if totals.known else " at least (some members' memory unknown)"
+    memory = (f"GPU memory {totals.gpu_memory_gib:.1f} GiB{bound} (each GPU's peak, summed); host memory not "
+              "planned on device=gpu" if gpu else f"host memory {totals.host_memory_gib:.1f} GiB{bound}")
+    lines = [f"  totals: {totals.bundles} bundles on {len(totals.nodes)} node(s): "
+             + (f"{totals.gpus} GPUs, " if gpu else "") + f"{totals.cpus:g} CPUs, {memory}"]
+    of_cpus = f" of {cfg.placement.cpus_per_node:g}" if cfg.placement.cpus_per_node else ""
+    for n in totals.nodes:
+        at_least = "" if n.known else " at least"
+        used = (f"{n.gpus} of {cfg.placement.gpus_per_node} GPUs, {n.cpus:g}{of_cpus} CPUs, GPU memory "
+                f"{n.memory_gib:.1f} GiB{at_least} (fullest GPU {n.largest_gib:.1f})" if gpu else
+                f"{n.cpus:g}{of_cpus} CPUs, host memory {n.memory_gib:.1f} GiB{at_least}")
+        lines.append(f"    node {n.node}: {used}")
+    return lines
 
 
 def _gpu_indices(bundles: list[dict[str, float]], nodes: list[int]) -> list[list[int]]:
@@ -147,18 +213,21 @@ def _where(device: DeviceMemory) -> str:
     return f"node {device.node} " + ("host memory" if device.gpu is None else f"GPU {device.gpu}")
 
 
-def _engine_problem(device: DeviceMemory, slot: Slot, estimate: Estimate, cfg: RunConfig) -> str:
-    """vLLM refuses to start when its fraction cannot hold its weights/tp and one max_model_len sequence."""
+def _engine_config(role: str, cfg: RunConfig) -> EngineConfig:
+    return cfg.rollout if role == "rollout" else cfg.reward.judge_engine
+
+
+def engine_problem(who: str, engine: EngineConfig, estimate: Estimate, gpu_gib: float) -> str:
+    """Why vLLM would refuse to start `who` (its fraction cannot hold its weights/tp and one max_model_len
+    sequence), or "" when it starts."""
     kv = dict(estimate.parts).get("kv cache", 0.0)
     if kv >= estimate.min_kv_gib:
         return ""
-    engine = cfg.rollout if slot.role == "rollout" else cfg.reward.judge_engine
-    reserved = engine.gpu_memory_utilization * cfg.placement.gpu_memory_gib
+    reserved = engine.gpu_memory_utilization * gpu_gib
     need = estimate.peak_gib - kv + estimate.min_kv_gib
-    return (f"{slot.role}[{slot.index}] on {_where(device)}: vLLM needs {need:.1f} GiB (weights/tp + context + KV "
-            f"for one {engine.max_model_len:,}-token sequence) within gpu_memory_utilization "
-            f"{engine.gpu_memory_utilization:g} x {cfg.placement.gpu_memory_gib:g} GiB = {reserved:.1f} GiB: "
-            f"short by {need - reserved:.1f} GiB")
+    return (f"{who}: vLLM needs {need:.1f} GiB (weights/tp + context + KV for one {engine.max_model_len:,}-token "
+            f"sequence) within gpu_memory_utilization {engine.gpu_memory_utilization:g} x {gpu_gib:g} GiB = "
+            f"{reserved:.1f} GiB: short by {need - reserved:.1f} GiB")
 
 
 def _short_message(device: DeviceMemory) -> str:
@@ -194,24 +263,17 @@ def format_memory_plan(memory: MemoryPlan, cfg: RunConfig) -> str:
         if role in present:
             lines.append(f"  {role}: memory UNKNOWN ({why})")
     for node in sorted(set(memory.bundle_nodes)):
-        bundles = [b for b, n in enumerate(memory.bundle_nodes) if n == node]
-        cpus = sum(pc.bundles[b]["CPU"] for b in bundles)
-        gpus = sum(len(memory.bundle_gpus[b]) for b in bundles)
-        of_cpus = f" of {cfg.placement.cpus_per_node:g}" if cfg.placement.cpus_per_node else ""
-        lines.append(f"  node {node}: " + (f"{gpus} of {cfg.placement.gpus_per_node} GPUs, " if gpu else "")
-                     + f"{cpus:g} CPUs{of_cpus}")
+        lines.append(f"  node {node}:")
         for device in (d for d in memory.devices if d.node == node):
             lines.extend(_device_lines(device))
         cpu_only = [f"{s.role}[{s.index}]" for s in pc.slots if gpu and memory.bundle_nodes[s.bundle] == node
                     and not memory.bundle_gpus[s.bundle]]
         if cpu_only:
             lines.append(f"    CPU only: {', '.join(cpu_only)}")
-    total_gpus = sum(len(g) for g in memory.bundle_gpus)
-    total_cpus = sum(b["CPU"] for b in pc.bundles)
+    lines.extend(format_totals(run_totals(memory, cfg), cfg))
     peak = max(memory.devices, key=lambda d: d.peak_gib, default=None)
-    lines.append(f"  totals: {len(pc.bundles)} bundles, {total_gpus} GPUs, {total_cpus:g} CPUs on "
-                 f"{len(set(memory.bundle_nodes))} node(s)"
-                 + (f"; peak {peak.peak_gib:.1f} GiB on {_where(peak)}" if peak else ""))
+    if peak:
+        lines.append(f"  peak {peak.peak_gib:.1f} GiB on {_where(peak)}")
     unchecked = sorted({"some members' memory is unknown" if not d.known else
                         ("host memory not checked (placement.host_memory_gib unset)" if d.gpu is None else
                          "GPU memory not checked") for d in memory.devices if not d.known or d.capacity_gib is None})

@@ -154,11 +154,9 @@ def trainer_estimate(arch: Architecture, cfg: TrainerConfig, dtype: str, seq_len
     """
     params = arch.num_params() if lm_head else arch.critic_params()
     b, n, stage = BYTES[dtype], cfg.world_size, cfg.zero_stage
-    # Mixed precision keeps an fp32 master copy, m and v (K = 12 bytes/param); fp32 training only m and v.
-    optim_bytes = 8 if dtype == "float32" else 12
     weights = params * b / (n if stage >= 3 else 1)
     grads = params * b / (n if stage >= 2 else 1)
-    optimizer = params * optim_bytes / (n if stage >= 1 else 1)
+    optimizer = params * optimizer_bytes_per_param(dtype, stage) / (n if stage >= 1 else 1)
     tokens = cfg.micro_batch_size * seq_len
     layer = tokens * arch.layer_activation_elems() * b
     # Checkpointing keeps each layer's input and recomputes one layer at a time in backward (Korthikanti §4.2).
@@ -170,6 +168,15 @@ def trainer_estimate(arch: Architecture, cfg: TrainerConfig, dtype: str, seq_len
     parts = [("weights", weights), ("grads", grads), ("optimizer", optimizer), ("activations", activations),
              ("logits", logits), ("zero buffers", buffers), ("cuda context", context)]
     return Estimate(_gib(parts), (weights + grads + optimizer + buffers + context) / GIB, "train")
+
+
+def optimizer_bytes_per_param(dtype: str, zero_stage: int) -> int:
+    """Bytes per parameter of AdamW's state in memory, summed over the ranks: m and v in fp32 (8) plus an fp32
+    master copy (4; ZeRO §3, K = 12). In fp32 the parameters are their own master without ZeRO and under ZeRO-3
+    (stage3.py uses the fp32 partition in place), but ZeRO 1-2 clone theirs (`single_partition_of_fp32_groups`,
+    stage_1_and_2.py; DeepSpeed 0.19).
+    """
+    return 8 if dtype == "float32" and zero_stage in (0, 3) else 12
 
 
 def _zero3_gathered(arch: Architecture, b: int) -> float:
@@ -231,11 +238,11 @@ def estimate_roles(cfg: RunConfig) -> RoleMemory:
     gpu, seq, dtype = cfg.device == "gpu", cfg.rollout.max_model_len, cfg.model.dtype
     fallback = cfg.placement.architecture
     found: dict[str, Architecture | str] = {
-        "policy": _architecture(cfg.model.path, fallback),
-        "critic": _architecture(cfg.critic.init_from or cfg.model.path, fallback),
+        "policy": model_architecture(cfg.model.path, fallback),
+        "critic": model_architecture(cfg.critic.init_from or cfg.model.path, fallback),
     }
     if cfg.reward.judge_engine is not None:
-        found["judge"] = _architecture(cfg.reward.judge_engine.model, None)
+        found["judge"] = model_architecture(cfg.reward.judge_engine.model, None)
     archs = {role: a for role, a in found.items() if isinstance(a, Architecture)}
     unknown = {role: a for role, a in found.items() if isinstance(a, str)}
     policy, critic = archs.get("policy"), archs.get("critic")
@@ -260,7 +267,7 @@ def estimate_roles(cfg: RunConfig) -> RoleMemory:
     return RoleMemory(estimates, unknown, archs)
 
 
-def _architecture(path: str, fallback: str | None) -> Architecture | str:
+def model_architecture(path: str, fallback: str | None) -> Architecture | str:
     """The architecture of the model at `path` (else of `fallback`), or why it is unknown."""
     model_dir = resolve_model_path(path)
     try:

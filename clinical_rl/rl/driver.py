@@ -1,7 +1,8 @@
 """The controller: one process that places the roles, runs the PPO loop and saves the policy.
 
 `rl_step` is the algorithm box of the README ("What runs"), one phase per line; `run` owns everything around it
-(preflight, placement, actors, tracking, saving, faults).
+(preflight, placement, actors, tracking, saving, faults). What a run records of its config (the resolved config of
+each start, the settings a resume must keep) is `config_record`'s.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from tqdm import trange
 from clinical_rl.rl.batch import RolloutBatch, Sample, shard_rows
 from clinical_rl.rl.checkpoint import Checkpoint, DriverState, latest_checkpoint, restore_trainers, save_checkpoint
 from clinical_rl.config import AlgoConfig, RewardConfig, RunConfig
-from clinical_rl.config_files import dump_config
 from clinical_rl.data.cases import Case
 from clinical_rl.data.loaders import load_cases
 from clinical_rl.data.prompts import prompt_opens_think, render_prompt
+from clinical_rl.rl.config_record import check_resume, protected_settings, record_config, settings_hash
 from clinical_rl.rl.experience import experience_metrics, make_experience
 from clinical_rl.models import check_model_dir
 from clinical_rl.launch.actors import gather
@@ -191,7 +192,17 @@ class CaseSampler:
 
 
 def preflight(cfg: RunConfig) -> tuple[Path, Path, list[Case], list[AuditPair]]:
-    """Fail fast, before any actor starts: model directories, reward class, audit pairs, data."""
+    """Fail fast, before any actor starts: the settings a resume must keep, model directories, reward class, audit
+    pairs, data.
+
+    Raises:
+        ValueError: a resume that would change protected settings (`config_record.check_resume`), a bad reward
+            class, audit pairs or data file.
+        FileNotFoundError: a missing model directory or data file, or `checkpoints/latest` naming a checkpoint
+            without its state.json.
+    """
+    if cfg.resume:
+        check_resume(cfg, latest_checkpoint(cfg.output_dir))
     model_path = check_model_dir(cfg.model.path, "model.path")
     critic_path = check_model_dir(cfg.critic.init_from, "critic.init_from") if cfg.critic.init_from else model_path
     load_reward_class(cfg.reward.cls)
@@ -219,17 +230,18 @@ def resume(roles: Roles, checkpoint: Checkpoint, sampler: CaseSampler, tracker: 
 
 
 def run(cfg: RunConfig) -> RunResult:
-    """Preflight, check the memory plan, place and start the roles, resume from the latest checkpoint if any, run
-    the RL steps up to `cfg.steps` (checkpointing every `save_every`), save the final policy.
+    """Preflight, check the memory plan, place and start the roles, resume from the latest checkpoint if any, record
+    the resolved config, run the RL steps up to `cfg.steps` (checkpointing every `save_every`), save the final policy.
 
-    Raises ValueError (bad input, a layout that does not fit), TimeoutError (the placement group or the actors not
-    ready in time) and RunStopped (a trainer lost; the message says how to resume)."""
+    Raises ValueError (bad input, a layout that does not fit, a resume that would change protected settings),
+    TimeoutError (the placement group or the actors not ready in time) and RunStopped (a trainer lost; the message
+    says how to resume)."""
     from ray.util.placement_group import remove_placement_group
 
     model_path, critic_path, cases, audit_pairs = preflight(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_config(cfg))
+    settings = protected_settings(cfg)
     started_ray = connect_ray(cfg.ray)
     pg, roles = None, None
     try:
@@ -246,6 +258,11 @@ def run(cfg: RunConfig) -> RunResult:
         first = 1
         if checkpoint is not None:
             first = resume(roles, checkpoint, sampler, tracker)
+        # Only now: placement, model loading and the checkpoint restore are where a run fails to start, and a run
+        # that never started must not stand beside (or over) the config of the run that made the checkpoints.
+        recorded = record_config(out, cfg)
+        if recorded is not None:
+            print(f"resolved config: {recorded}", flush=True)
         for step in trange(first, cfg.steps + 1, initial=first - 1, total=cfg.steps, desc="ppo", unit="step"):
             step_cases = sampler.next()
             prompts = [render_prompt(roles.tokenizer, c, cfg.data.system_prompt) for c in step_cases]
@@ -256,7 +273,8 @@ def run(cfg: RunConfig) -> RunResult:
                     metrics |= redo_on_restart(roles, step, partial(live_audit, audit_pairs, score, cfg.reward, step))
             tracker.log(metrics, step)
             if cfg.save_every and step % cfg.save_every == 0:
-                state = DriverState(step, sampler.state_dict(), tracker.history, tracker.run_id, {})
+                state = DriverState(step, sampler.state_dict(), tracker.history, tracker.run_id, {}, settings,
+                                    settings_hash(settings))
                 save_checkpoint(out, roles, state, cfg.keep_checkpoints)
         policy_dir = roles.save_policy(out / "policy")
         tracker.finish()

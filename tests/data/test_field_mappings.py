@@ -90,7 +90,7 @@ def test_eval_cli_passes_fields_to_the_benchmark(tmp_path, dxbench, capsys):
         capsys.readouterr().err
     # ... and a good one loads all three cases, so the run gets as far as the (absent) model
     assert main([*argv, "--fields", f"{{question: {{template: '{TEMPLATE}', join: '; '}}, answer: diagnosis}}"]) == 2
-    assert "eval.models[m].path: no HF model" in capsys.readouterr().err
+    assert "--model m: no HF model" in capsys.readouterr().err
     assert main([*argv, "--fields", "{question: {templat: x}}"]) == 2
     assert "--fields: question.templat: unknown key" in capsys.readouterr().err
     assert main(["eval", "--fields", "{answer: dx}"]) == 2

@@ -295,6 +295,40 @@ def test_csv_error_names_the_line_where_the_record_starts(tmp_path):
         load_cases(path)
 
 
+LATIN1_ROW = '{"question": "Fièvre et toux depuis 3 jours", "answer": "Pneumonie"}'
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_a_data_file_that_is_not_utf8_names_the_line_and_column(tmp_path, suffix):
+    # the bad byte far past the readers' first decoding buffer (8 KiB): the line is the file's, not the buffer's
+    good = [{"question": f"question {i}", "answer": "Asthma"} for i in range(400)]
+    bad = json.loads(LATIN1_ROW)
+    if suffix == ".jsonl":
+        lines = [json.dumps(r, ensure_ascii=False) for r in [*good, bad]]
+        where = "401: not UTF-8 (byte 0xe8 at column 17)"
+    elif suffix == ".json":
+        lines = ["[", *(json.dumps(r) + "," for r in good), json.dumps(bad, ensure_ascii=False), "]"]
+        where = "402: not UTF-8 (byte 0xe8 at column 17)"
+    else:
+        lines = ["question,answer", *(f"{r['question']},{r['answer']}" for r in [*good, bad])]
+        where = "402: not UTF-8 (byte 0xe8 at column 3)"
+    path = tmp_path / f"latin1{suffix}"
+    path.write_bytes("\n".join(lines).encode("latin-1") + b"\n")
+    with pytest.raises(CaseFormatError) as err:
+        load_cases(str(path))
+    assert str(err.value) == f"{path}:{where}; re-save as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_data_files_with_a_byte_order_mark_load(tmp_path, suffix):
+    row = json.loads(LATIN1_ROW)
+    text = {".jsonl": LATIN1_ROW, ".json": f"[{LATIN1_ROW}]", ".csv": f"question,answer\n{row['question']},Pneumonie"}
+    path = tmp_path / f"bom{suffix}"
+    path.write_bytes(b"\xef\xbb\xbf" + (text[suffix] + "\r\n").encode())
+    [case] = load_cases(str(path))
+    assert (case.question, case.answer) == (row["question"], "Pneumonie")
+
+
 def test_parquet_and_hf_errors_name_the_row_index(tmp_path):
     import datasets
     import pyarrow as pa

@@ -22,8 +22,13 @@ def test_outcomes_count_errors_undecided_and_missing_answers():
              prediction("m", "undecided", "rule:undecided"), prediction("m", "incorrect", "format"),
              prediction("m", "error", "error", "later"), prediction("other", "correct", "rule:exact")]
     m, other = count_outcomes(preds)
-    assert m == Outcomes("b", "m", n=5, errors=2, undecided=1, no_answer=1, first_error="APIConnectionError: x")
+    # answered: the replies with a final answer to judge, i.e. neither path "format" nor a failed request
+    answered = sum(p.model == "m" and p.path not in ("format", "error") for p in preds)
+    assert answered == 2
+    assert m == Outcomes("b", "m", n=5, errors=2, undecided=1, no_answer=1, answered=answered,
+                         first_error="APIConnectionError: x")
     assert m.error_frac == 0.4 and other.errors == 0 and other.error_frac == 0.0
+    assert m.format_rate == answered / 5 and other.format_rate == 1.0
 
 
 def closed_port() -> int:
@@ -36,7 +41,8 @@ def closed_port() -> int:
 def test_a_dead_endpoint_is_counted_stopped_early_and_exits_non_zero(tmp_path):
     out = tmp_path / "eval"
     run = subprocess.run(
-        [sys.executable, "-m", "clinical_rl", "eval", "--model", f"dead=openai:m@http://127.0.0.1:{closed_port()}/v1",
+        [sys.executable, "-m", "clinical_rl", "eval", "--skip-endpoint-check",
+         "--model", f"dead=openai:m@http://127.0.0.1:{closed_port()}/v1",
          "eval.benchmarks=[{name: builtin, path: builtin, limit: 40}]", f"eval.out_dir={out}", "eval.timeout_s=5",
          "eval.max_consecutive_errors=8", "eval.bootstrap_resamples=100", "tracking.wandb_mode=disabled"],
         capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -51,5 +57,6 @@ def test_a_dead_endpoint_is_counted_stopped_early_and_exits_non_zero(tmp_path):
     assert sum(p["error"].startswith("APIConnectionError") for p in predictions) == 32
     assert sum(p["error"].startswith("RuntimeError: not sent: the 32 requests before it failed in a row") for p in predictions) == 8
     report = (out / "report.md").read_text()
-    assert "### Errors, undecided and missing answers" in report and "**Some answers failed**" in report
-    assert "| dead | 40 | 40 |" in report
+    assert "### Outcomes" in report and "**Some answers failed**" in report
+    # n, format rate (no reply, so no final answer), no final answer, undecided, errors
+    assert "| dead | 40 | 0.0% | 0 | 0 | 40 | APIConnectionError" in report

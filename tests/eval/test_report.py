@@ -1,5 +1,6 @@
 """The evaluation report: predictions JSONL, Markdown tables, PNG charts, the report directory, W&B logging."""
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -10,7 +11,7 @@ from PIL import Image
 from clinical_rl.eval import report
 from clinical_rl.eval.charts import plot_departments, plot_languages, plot_models_overall
 from clinical_rl.eval.dashboards import log_to_wandb
-from clinical_rl.eval.records import Estimate, GroupRow, Prediction
+from clinical_rl.eval.records import BenchmarkSource, Estimate, GroupRow, ModelSource, Prediction, Provenance
 from clinical_rl.eval.report import markdown_report, read_predictions, write_predictions, write_report
 
 ORANGE = (255, 127, 14)  # tab10's second color: the second model's bars
@@ -44,6 +45,15 @@ def make_rows() -> list[GroupRow]:
         row("base", "overall", "all", est(0.5, 0.4, 0.6, 100), 90, 0, benchmark="medqa"),
         row("sft+rl", "overall", "all", est(0.61, 0.52, 0.7, 100), 90, 0, benchmark="medqa"),
     ]
+
+
+def make_provenance(min_interval_n: int = 1) -> Provenance:
+    """What `make_rows` pretends to cover: a local model and an endpoint, two benchmarks."""
+    return Provenance(
+        models=(ModelSource("base", "/models/base", None, None),
+                ModelSource("sft+rl", None, "http://127.0.0.1:8000/v1", "policy")),
+        benchmarks=(BenchmarkSource("builtin", "builtin", 40), BenchmarkSource("medqa", "/data/medqa.jsonl", 100)),
+        config_hash="0123456789ab", version="0.1.0", min_interval_n=min_interval_n)
 
 
 def make_predictions() -> list[Prediction]:
@@ -139,7 +149,7 @@ def _section(md: str, start: str, end: str | None = None) -> str:
 
 
 def test_markdown_overview_cells(tmp_path):
-    md = markdown_report(make_rows(), title="Eval of step 300")
+    md = markdown_report(make_rows(), provenance=make_provenance(), title="Eval of step 300")
     assert md.startswith("# Eval of step 300\n")
     overview = _section(md, "## Benchmark `builtin`", "### By department")
     assert (
@@ -162,7 +172,7 @@ def test_markdown_overview_cells(tmp_path):
 
 
 def test_markdown_department_and_language_tables():
-    md = markdown_report(make_rows(), title="t")
+    md = markdown_report(make_rows(), provenance=make_provenance(), title="t")
     departments = _section(md, "### By department", "### By language")
     assert "| department | n cases | distinct diagnoses | distinct ICD-10 | base | sft+rl |" in departments
     assert "| Respiratory (呼吸科) | 12 | 9 | 7 | 50.0 [25.0, 75.0] | 75.0 [50.0, 91.7] |" in departments
@@ -178,7 +188,7 @@ def test_markdown_department_and_language_tables():
 def test_markdown_chart_links_are_relative(tmp_path):
     charts = {"builtin: accuracy by department": tmp_path / "charts" / "departments_builtin.png",
               "given relative": Path("charts/overall.png")}
-    md = markdown_report(make_rows(), title="t", charts=charts, relative_to=tmp_path)
+    md = markdown_report(make_rows(), provenance=make_provenance(), title="t", charts=charts, relative_to=tmp_path)
     assert "![builtin: accuracy by department](charts/departments_builtin.png)" in md
     assert "![given relative](charts/overall.png)" in md
     assert str(tmp_path) not in md
@@ -186,9 +196,9 @@ def test_markdown_chart_links_are_relative(tmp_path):
 
 def test_markdown_escapes_pipes_and_rejects_duplicates():
     rows = [GroupRow("b", "a|b", "overall", "all", est(0.5, 0.4, 0.6, 10), 5, 5)]
-    assert "| a\\|b | 50.0 [40.0, 60.0] (n=10) |" in markdown_report(rows, title="t")
+    assert "| a\\|b | 50.0 [40.0, 60.0] (n=10) |" in markdown_report(rows, provenance=make_provenance(), title="t")
     with pytest.raises(ValueError, match="duplicate"):
-        markdown_report(rows * 2, title="t")
+        markdown_report(rows * 2, provenance=make_provenance(), title="t")
 
 
 # ---------------------------------------------------------------- charts
@@ -262,7 +272,7 @@ def _files(root: Path) -> set[str]:
 def test_write_report_writes_everything(tmp_path):
     rows, preds = make_rows(), make_predictions()
     out = tmp_path / "eval"
-    path = write_report(rows, preds, out, title="Step 300")
+    path = write_report(rows, preds, out, provenance=make_provenance(), title="Step 300")
     assert path == out / "report.md"
     assert _files(out) == {
         "predictions.jsonl", "summary.json", "report.md",
@@ -289,19 +299,22 @@ def test_training_curve_of_the_rl_run_is_charted_and_linked(tmp_path):
                {"step": 2, "reward/mean": None, "reward/correct": 0.5},  # a NaN step and a missing key: gaps
                {"step": 3, "reward/mean": 0.7, "reward/correct": 0.75, "reward/format_ok": 1.0}]
     out = tmp_path / "eval"
-    md = write_report(make_rows(), make_predictions(), out, training_history=history).read_text(encoding="utf-8")
+    md = write_report(make_rows(), make_predictions(), out, provenance=make_provenance(),
+                      training_history=history).read_text(encoding="utf-8")
     assert "charts/training.png" in _files(out) and "](charts/training.png)" in md
     _assert_real_chart(out / "charts" / "training.png")
-    write_report(make_rows(), make_predictions(), out)  # a report without an RL run drops the stale curve
+    # a report without an RL run drops the stale curve
+    write_report(make_rows(), make_predictions(), out, provenance=make_provenance())
     assert "charts/training.png" not in _files(out)
 
 
 def test_write_report_rerun_overwrites_cleanly(tmp_path, monkeypatch):
     out = tmp_path / "eval"
-    write_report(make_rows(), make_predictions(), out)
+    write_report(make_rows(), make_predictions(), out, provenance=make_provenance())
     # second run: medqa only, one prediction -> builtin charts disappear, everything else is replaced
     medqa = [r for r in make_rows() if r.benchmark == "medqa"]
-    write_report(medqa, make_predictions()[:1], out, title="again")
+    medqa_only = dataclasses.replace(make_provenance(), benchmarks=make_provenance().benchmarks[1:])
+    write_report(medqa, make_predictions()[:1], out, provenance=medqa_only, title="again")
     assert _files(out) == {"predictions.jsonl", "summary.json", "report.md", "charts/overall.png"}
     md = (out / "report.md").read_text(encoding="utf-8")
     assert md.startswith("# again\n") and "builtin" not in md
@@ -316,7 +329,7 @@ def test_write_report_rerun_overwrites_cleanly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(report, "markdown_report", broken)
     with pytest.raises(RuntimeError):
-        write_report(medqa, [], out)
+        write_report(medqa, [], out, provenance=make_provenance())
     assert (out / "report.md").read_bytes() == before
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 

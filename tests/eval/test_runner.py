@@ -4,11 +4,12 @@ embedded model through both backends (vLLM engine actors and `vllm serve`) write
 import json
 import threading
 import time
+from importlib.metadata import version
 
 import pytest
 
 from clinical_rl.config_stages import EvalBenchmarkConfig, EvalModelConfig
-from clinical_rl.config_files import load_config
+from clinical_rl.config_files import config_hash, load_config
 from clinical_rl.data.generator import generate_cases
 from clinical_rl.data.prompts import case_text
 from clinical_rl.local_server import free_port
@@ -66,7 +67,8 @@ def test_department_table_is_reproduced_exactly(tmp_path):
             "benchmarks": [EvalBenchmarkConfig(name="kb", path=str(write_cases(tmp_path / "kb.jsonl", cases)))],
             "bootstrap_resamples": 200,
         })
-        result = run_eval(cfg.model_copy(update={"eval": ev}))
+        cfg = cfg.model_copy(update={"eval": ev})
+        result = run_eval(cfg)
     finally:
         server.should_exit = True
     rows = {(r.kind, r.group): r for r in result.rows}
@@ -81,7 +83,15 @@ def test_department_table_is_reproduced_exactly(tmp_path):
     assert rows["language", "zh"].accuracy.value == pytest.approx(right / len(cases))
     assert all(p.path.startswith("rule:") for p in result.predictions)  # decided without a judge
     assert result.report.is_file() and (result.report.parent / "predictions.jsonl").is_file()
-    assert "scripted" in result.report.read_text()
+    # the report and summary.json name what was evaluated: the endpoint, the benchmark file, config and version
+    report = result.report.read_text()
+    summary = json.loads((result.report.parent / "summary.json").read_text())
+    assert summary["models"] == [{"label": "scripted", "path": None, "base_url": base_url, "model": "m"}]
+    bench = str((tmp_path / "kb.jsonl").resolve())
+    assert summary["benchmarks"] == [{"name": "kb", "path": bench, "n": len(cases)}]
+    assert summary["config_hash"] == config_hash(cfg) and summary["version"] == version("clinical_rl")
+    assert f"| scripted | endpoint m at {base_url} |" in report and f"| kb | {bench} | {len(cases)} |" in report
+    assert f"Config hash `{config_hash(cfg)}`" in report and f"clinical_rl {version('clinical_rl')}" in report
 
 
 @pytest.mark.slow

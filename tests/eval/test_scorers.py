@@ -119,7 +119,7 @@ def test_summarize_gives_exact_rows_per_department_and_language():
         pred("m1", "8", "respiratory", "zh", "correct", "肺炎", "J18.9"),
         pred("m2", "1", "cardiology", "en", "incorrect", "Myocardial infarction", "I21.9"),
     ]
-    rows = summarize(preds, n_resamples=500, seed=5)
+    rows = summarize(preds, min_interval_n=1, n_resamples=500, seed=5)
     table = [(r.model, r.kind, r.group, r.accuracy.value, r.accuracy.n, r.distinct_diagnoses, r.distinct_icd10)
              for r in rows]
     assert table == [
@@ -143,12 +143,26 @@ def test_summarize_gives_exact_rows_per_department_and_language():
 def test_summarize_separates_benchmarks_and_counts_errors_as_wrong():
     preds = [pred("m", "1", "other", "en", "error", benchmark="a"), pred("m", "1", "other", "en", "correct",
                                                                           benchmark="b")]
-    rows = summarize(preds)
+    rows = summarize(preds, min_interval_n=1)
     assert [(r.benchmark, r.kind, r.accuracy.value) for r in rows] == [
         ("a", "overall", 0.0), ("a", "department", 0.0), ("a", "language", 0.0),
         ("b", "overall", 1.0), ("b", "department", 1.0), ("b", "language", 1.0),
     ]
-    assert summarize([]) == []
+    assert summarize([], min_interval_n=1) == []
+
+
+def test_summarize_leaves_out_intervals_below_min_interval_n():
+    preds = [pred("m", str(i), "cardiology" if i < 3 else "neurology", "en", "correct" if i % 2 else "incorrect")
+             for i in range(8)]
+    rows = {(r.kind, r.group): r.accuracy for r in summarize(preds, min_interval_n=5, n_resamples=200, seed=1)}
+    cardiology, neurology = rows["department", "cardiology"], rows["department", "neurology"]
+    overall = rows["overall", "all"]
+    assert (cardiology.n, cardiology.value) == (3, 1 / 3) and not cardiology.has_interval  # 3 < 5: no interval
+    assert math.isnan(cardiology.low) and math.isnan(cardiology.high)
+    assert neurology.n == 5 and neurology.has_interval  # exactly the minimum: an interval
+    assert overall == bootstrap_ci([bool(i % 2) for i in range(8)], n_resamples=200, seed=1)
+    with pytest.raises(ValueError, match="min_interval_n"):
+        summarize(preds, min_interval_n=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

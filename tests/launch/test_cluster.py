@@ -59,7 +59,7 @@ def test_relative_output_dir_is_refused_only_under_a_job(monkeypatch, tmp_path, 
     # the CLI refuses it before anything starts; `plan` writes nothing and is not refused
     assert main(["ppo", "--config", "configs/tiny_cpu.yaml", "output_dir=runs/tiny"]) == 2
     assert "clinical-rl: output_dir=runs/tiny is relative" in capsys.readouterr().err
-    assert main(["plan", "--config", "configs/tiny_cpu.yaml", "output_dir=runs/tiny"]) == 0
+    assert main(["plan", "--config", "configs/tiny_cpu.yaml", "output_dir=runs/tiny", "model.path=embedded"]) == 0
 
 
 @pytest.mark.ray

@@ -4,7 +4,7 @@ import pytest
 
 from clinical_rl.config import PlacementConfig
 from clinical_rl.config_files import load_config
-from clinical_rl.launch.layout import assign_nodes
+from clinical_rl.launch.layout import assign_nodes, format_totals, plan_memory, run_totals
 from clinical_rl.launch.placement import format_plan, plan_placement
 
 
@@ -100,3 +100,23 @@ def test_strategies_place_bundles_as_ray_does():
         assign_nodes(one_gpu, "STRICT_SPREAD", _cluster(2, 8))
     # CPUs count too: two 4-CPU bundles on 6-CPU nodes go to different nodes under PACK.
     assert assign_nodes([{"CPU": 4}, {"CPU": 4}], "PACK", _cluster(2, 0, cpus=6)) == [0, 1]
+
+
+def test_totals_per_node_follow_the_layout():
+    cfg = load_config(None, ["device=gpu", "placement.strategy=SPREAD", "placement.num_nodes=2",
+                             "placement.architecture=SmolLM2-135M", "model.path=/absent"])
+    memory = plan_memory(cfg)
+    totals = run_totals(memory, cfg)
+    # Bundles: rollout (1 GPU, 1 CPU), policy (1, 1), critic (1, 1), reference (1, 0.5), reward (0.25 CPU).
+    # SPREAD alternates: node 0 gets rollout, critic, reward; node 1 policy, reference.
+    assert memory.bundle_nodes == [0, 1, 0, 1, 0]
+    assert [(n.gpus, n.cpus) for n in totals.nodes] == [(2, 2.25), (2, 1.5)]
+    assert (totals.gpus, totals.cpus) == (4, 3.75)
+    # A node's memory is the sum of its GPUs' peaks; its fullest GPU is the largest of them.
+    for node in totals.nodes:
+        peaks = [d.peak_gib for d in memory.devices if d.node == node.node]
+        assert node.memory_gib == sum(peaks) and node.largest_gib == max(peaks) and len(peaks) == 2
+    assert totals.gpu_memory_gib == sum(d.peak_gib for d in memory.devices)
+    lines = format_totals(totals, cfg)
+    assert lines[1].startswith("    node 0: 2 of 8 GPUs, 2.25 CPUs, GPU memory ")
+    assert lines[2].startswith("    node 1: 2 of 8 GPUs, 1.5 CPUs, GPU memory ")

@@ -38,23 +38,33 @@ def test_ppo_learns_the_candidate_task_across_a_resume(task_model, task_cases, t
     from clinical_rl.data.loaders import load_cases
     from clinical_rl.rl.driver import CaseSampler, run
 
-    def config(steps: int):
+    def config(steps: int, lr: str = "3e-4", *overrides: str):
         return task_config(
             task_model, task_cases, tmp_path / "run", f"steps={steps}", "save_every=20", "algo.rollout_batch_size=64",
-            "algo.minibatch_size=32", "algo.ppo_epochs=2", "policy.lr=3e-4", "critic.lr=1e-3",
+            "algo.minibatch_size=32", "algo.ppo_epochs=2", f"policy.lr={lr}", "critic.lr=1e-3",
             "policy.micro_batch_size=32", "critic.micro_batch_size=32",
             f"reward.audit.pairs={ROOT / 'tests' / 'rewards' / 'data' / 'audit_pairs.jsonl'}", "reward.audit.every=10",
+            *overrides,
         )
 
-    # Trained in two runs: the second resumes from the first's checkpoint, as after a preemption.
+    # Trained in two runs: the second resumes from the first's checkpoint, as after a preemption, with a changed
+    # learning rate, accepted (a protected setting: refused without resume_accept_changes, tests/rl/test_resume.py).
     first = run(config(20))
     assert latest_checkpoint(tmp_path / "run").state.optimizer_steps == {"policy": 80, "critic": 80}  # 20 x 2 x 2
     capsys.readouterr()
-    result = run(config(40))
-    assert "resumed from" in capsys.readouterr().out
+    result = run(config(40, "2.5e-4", "resume_accept_changes=true"))
+    out = capsys.readouterr().out
+    assert "warning: resume: policy.lr: 0.0003 in the checkpoint, 0.00025 now (accepted" in out
+    assert "resumed from" in out
     assert len(result.history) == 40 and result.history[:20] == first.history
     latest = latest_checkpoint(tmp_path / "run")
     assert latest.state.step == 40 and latest.state.optimizer_steps == {"policy": 160, "critic": 160}
+    assert latest.state.settings["policy.lr"] == 2.5e-4  # the next checkpoint records the accepted change
+    assert {h["policy/lr"] for h in result.history[20:]} == {2.5e-4}  # and the trainers train with it
+    # each start's resolved config, the first never overwritten
+    assert load_config(tmp_path / "run" / "config.yaml") == config(20)
+    [second] = (tmp_path / "run" / "configs").iterdir()
+    assert load_config(second) == config(40, "2.5e-4", "resume_accept_changes=true")
     sampler = CaseSampler(load_cases(str(task_cases)), 64, seed=0)
     for _ in range(40):
         sampler.next()

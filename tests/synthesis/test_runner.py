@@ -153,7 +153,7 @@ def test_cli_synth_without_a_model_fails_fast(tmp_path):
     out = subprocess.run([sys.executable, "-m", "clinical_rl.cli", "synth", f"output_dir={tmp_path}"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 2
-    assert "synthesis.model is required" in out.stderr
+    assert "synthesis.model: required for an endpoint" in out.stderr
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,276 @@
+"""One preflight for every command: everything a run needs is checked before any actor starts, and every problem
+is reported at once, each naming its config key.
+
+    resume      the settings the latest checkpoint was trained with, unchanged (`ppo`)
+    models      every model directory the command will load (model.path, critic.init_from, judge, eval, synthesis)
+    data        every case file, loaded (not only found): data, synthesis, eval.benchmarks, the SFT rows
+    reward      reward.cls imported and constructed once here with reward.kwargs; the audit pairs loaded
+    tracking    W&B credentials when tracking.wandb_mode=online
+    endpoints   every OpenAI-compatible endpoint answers one cheap request (GET /models), unless skipped
+
+`clinical-rl plan` runs the same checks and says "ready" or lists what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from clinical_rl.config import RunConfig
+from clinical_rl.config_stages import EvalModelConfig
+
+Command = Literal["ppo", "pipeline", "eval", "synth"]
+PREFLIGHT_COMMANDS: tuple[Command, ...] = ("ppo", "pipeline", "eval", "synth")
+ENDPOINT_TIMEOUT_S = 10.0
+SKIP_HINT = "--skip-endpoint-check skips this check"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing that would stop the run: the config key (or flag) it concerns and what is wrong."""
+
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+class PreflightError(ValueError):
+    """Everything the preflight found; the message lists one problem per line."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        count = f"{len(self.problems)} problem{'s' * (len(self.problems) != 1)}"
+        super().__init__(f"{count} found before starting anything:\n  " + "\n  ".join(map(str, self.problems)))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An OpenAI-compatible endpoint a command will call."""
+
+    key: str  # the config key that names it
+    base_url: str | None  # None: api.openai.com
+    api_key_env: str
+
+
+def check(cfg: RunConfig, command: Command, *, models: Sequence[EvalModelConfig] | None = None,
+          endpoints: bool = True, flags: Collection[str] = ()) -> None:
+    """Run the preflight of `command`; `models` are the models `eval` compares (default `cfg.eval.models`);
+    `flags`: which of `eval`'s `--model` / `--benchmark` replaced the config's lists, so problems name the flag.
+
+    Raises:
+        PreflightError: one or more problems, all listed.
+    """
+    problems = find_problems(cfg, command, models=models, endpoints=endpoints, flags=flags)
+    if problems:
+        raise PreflightError(problems)
+
+
+def find_problems(cfg: RunConfig, command: Command, *, models: Sequence[EvalModelConfig] | None = None,
+                  endpoints: bool = True, flags: Collection[str] = ()) -> list[Problem]:
+    """Every problem `command` would meet with `cfg`, in the order it would meet them; empty: ready to start."""
+    checks = _Checks(cfg, flags)
+    if command == "ppo":
+        checks.resume()
+        checks.rl(model_key="model.path")
+        if cfg.eval.after_training:
+            checks.evaluation(cfg.eval.models)
+    elif command == "synth":
+        checks.synthesis()
+    elif command == "eval":
+        checks.evaluation(cfg.eval.models if models is None else models, require_models=True)
+    else:
+        checks.pipeline()
+    checks.tracking()
+    if endpoints:
+        for endpoint in checks.endpoints:
+            checks.attempt(endpoint.key, lambda e=endpoint: reach(e))
+    return checks.problems
+
+
+class _Checks:
+    """Collects problems instead of stopping at the first; also the endpoints the run will call."""
+
+    def __init__(self, cfg: RunConfig, flags: Collection[str] = ()) -> None:
+        self.cfg, self.flags = cfg, frozenset(flags)
+        self.problems: list[Problem] = []
+        self.endpoints: list[Endpoint] = []
+
+    def attempt(self, key: str, check: Callable[[], Any]) -> None:
+        from pydantic import ValidationError
+
+        try:
+            check()
+        except ValidationError as err:  # a config model of the checked object: one problem per field, keyed
+            for e in err.errors():
+                where = ".".join([key, *map(str, e["loc"])])
+                self.problems.append(Problem(where, "unknown key" if e["type"] == "extra_forbidden" else e["msg"]))
+        except (ValueError, FileNotFoundError, OSError, ImportError, TypeError) as err:
+            self.problems.append(Problem(key, _without_key(str(err), key)))
+
+    def model(self, path: str, key: str) -> None:
+        from clinical_rl.models import check_model_dir
+
+        self.attempt(key, lambda: check_model_dir(path, key))
+
+    def cases(self, key: str, section: Any, limit: int | None) -> None:
+        from clinical_rl.data.loaders import load_cases
+
+        self.attempt(key, lambda: load_cases(section.path, section.format, section.fields or None, section.language,
+                                             limit, self.cfg.seed, departments=section.departments,
+                                             builtin_per_disease=section.builtin_per_disease))
+
+    def resume(self) -> None:
+        """A resume must keep the settings the latest checkpoint was trained with (`rl/config_record.py`); the
+        pipeline needs no such check: it moves a PPO stage whose settings changed aside and starts it anew."""
+        from clinical_rl.rl.checkpoint import latest_checkpoint
+        from clinical_rl.rl.config_record import check_resume
+
+        if self.cfg.resume and not self.cfg.resume_accept_changes:
+            self.attempt("resume", lambda: check_resume(self.cfg, latest_checkpoint(self.cfg.output_dir)))
+
+    def rl(self, model_key: str | None) -> None:
+        cfg = self.cfg
+        if model_key is not None:
+            self.model(cfg.model.path, model_key)
+        if cfg.algo.use_critic and cfg.critic.init_from:
+            self.model(cfg.critic.init_from, "critic.init_from")
+        self.reward()
+        self.cases("data.path", cfg.data, cfg.data.limit)
+
+    def reward(self) -> None:
+        from clinical_rl.rewards.base import load_reward_class
+
+        r = self.cfg.reward
+        self.attempt("reward.cls", lambda: load_reward_class(r.cls))
+        if not any(p.key == "reward.cls" for p in self.problems):
+            # Constructed once here so that a typo in the kwargs fails now, not after every actor has started.
+            self.attempt("reward.kwargs", lambda: load_reward_class(r.cls)(**r.kwargs))
+        judge = r.kwargs.get("judge")
+        if isinstance(judge, dict) and judge.get("backend", "openai") == "openai":
+            self._endpoint("reward.kwargs.judge", judge)
+        if r.judge_engine is not None:
+            self.model(r.judge_engine.model, "reward.judge_engine.model")
+        if r.audit is not None:
+            from clinical_rl.rewards.audit import load_pairs
+
+            self.attempt("reward.audit.pairs", lambda: load_pairs(r.audit.pairs))
+
+    def evaluation(self, models: Sequence[EvalModelConfig], require_models: bool = False) -> None:
+        ev = self.cfg.eval
+        if require_models and not models:
+            self.problems.append(Problem("eval.models", "empty: name at least one model (--model PATH)"))
+        for m in models:
+            flag = "--model" in self.flags
+            key = f"--model {m.label}" if flag else f"eval.models[{m.label}]"
+            if m.path is not None:
+                self.model(m.path, key if flag else f"{key}.path")
+            else:
+                self.endpoints.append(Endpoint(key if flag else f"{key}.base_url", m.base_url, m.api_key_env))
+        for b in ev.benchmarks:
+            flag = "--benchmark" in self.flags
+            self.cases(f"--benchmark {b.name}" if flag else f"eval.benchmarks[{b.name}].path", b, None)
+        if ev.judge is not None:
+            self._judge("eval.judge", ev.judge)
+
+    def synthesis(self) -> None:
+        s = self.cfg.synthesis
+        self.cases("synthesis.path", s, s.limit)
+        if s.teacher == "knowledge_base":
+            return
+        if s.engine_model is not None:
+            self.model(s.engine_model, "synthesis.engine_model")
+        elif not s.model:
+            self.problems.append(Problem("synthesis.model", "required for an endpoint (or set synthesis.engine_model "
+                                         "to a local model, or synthesis.teacher=knowledge_base)"))
+        else:
+            self.endpoints.append(Endpoint("synthesis.base_url", s.base_url, s.api_key_env))
+        if s.judge is not None:
+            self._judge("synthesis.judge", s.judge)
+
+    def pipeline(self) -> None:
+        stages, cfg = self.cfg.pipeline.stages, self.cfg
+        self.model(cfg.model.path, "model.path")  # the base every stage starts from
+        if "synth" in stages:
+            self.synthesis()
+        if "sft" in stages:
+            self._sft_rows(stages)
+        if "ppo" in stages:
+            self.rl(model_key=None)
+        if "eval" in stages:
+            self.evaluation(cfg.eval.models)
+
+    def _sft_rows(self, stages: Sequence[str]) -> None:
+        from clinical_rl.sft.dataset import load_rows
+
+        if self.cfg.sft.data_path:
+            self.attempt("sft.data_path", lambda: load_rows(self.cfg.sft.data_path))
+        elif "synth" not in stages:
+            from clinical_rl.synthesis.runner import synthesis_output
+
+            rows = synthesis_output(self.cfg)
+            self.attempt("sft.data_path", lambda: load_rows(rows) if rows.is_file() else _no_rows(rows))
+
+    def _judge(self, key: str, spec: dict[str, Any]) -> None:
+        from clinical_rl.rewards.clinical import JudgeConfig
+
+        judge = None
+
+        def validate() -> None:
+            nonlocal judge
+            judge = JudgeConfig.model_validate(spec)
+
+        self.attempt(key, validate)
+        if judge is None:
+            return
+        if judge.backend == "openai":
+            if not judge.model:
+                self.problems.append(Problem(f"{key}.model", "required for backend openai"))
+            self._endpoint(key, spec)
+
+    def _endpoint(self, key: str, spec: dict[str, Any]) -> None:
+        self.endpoints.append(Endpoint(f"{key}.base_url", spec.get("base_url"),
+                                       spec.get("api_key_env", "OPENAI_API_KEY")))
+
+    def tracking(self) -> None:
+        from clinical_rl.tracking import require_wandb_login
+
+        self.attempt("tracking.wandb_mode", lambda: require_wandb_login(self.cfg.tracking))
+
+
+def _no_rows(path: Path) -> None:
+    raise FileNotFoundError(f"no SFT rows: {path} does not exist and the pipeline's stages do not include synth "
+                            "(set sft.data_path, or add synth to pipeline.stages)")
+
+
+def _without_key(message: str, key: str) -> str:
+    """Errors raised deeper name a key of their own ("data.path: ..."): the problem's key replaces it."""
+    head, sep, rest = message.partition(": ")
+    return rest if sep and (head == key or head in ("data.path", "reward.cls")) else message
+
+
+def reach(endpoint: Endpoint) -> None:
+    """One cheap request (GET <base_url>/models, `ENDPOINT_TIMEOUT_S`) with the key the run will send.
+
+    Raises:
+        ConnectionError: the endpoint does not answer, or answers that the key is missing or wrong; the message
+            names the URL and the key's environment variable, never the key.
+    """
+    import httpx
+
+    base = (endpoint.base_url or "https://api.openai.com/v1").rstrip("/")
+    key = os.environ.get(endpoint.api_key_env)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.get(f"{base}/models", headers=headers, timeout=ENDPOINT_TIMEOUT_S)
+    except httpx.HTTPError as err:
+        raise ConnectionError(f"{base} does not answer ({type(err).__name__}: {err}); {SKIP_HINT}") from None
+    if response.status_code in (401, 403):
+        why = f"rejects the key in {endpoint.api_key_env}" if key else f"needs a key: {endpoint.api_key_env} is not set"
+        raise ConnectionError(f"{base} {why} (HTTP {response.status_code}); {SKIP_HINT}")
+    if response.status_code >= 500:
+        raise ConnectionError(f"{base} answers HTTP {response.status_code}; {SKIP_HINT}")
