@@ -11,11 +11,28 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from clinical_rl.algorithms.advantages import ADVANTAGE_ESTIMATORS
+from clinical_rl.algorithms.kl import KL_ESTIMATORS
+from clinical_rl.algorithms.losses import POLICY_LOSSES, LossAggMode
 from clinical_rl.config_base import ConfigNode, EngineConfig, ModelConfig
 from clinical_rl.config_stages import DataConfig, EvalConfig, PipelineConfig, SynthesisConfig
 from clinical_rl.device import DeviceKind, DTypeName
 
 JUDGE_ACTOR_NAME = "clinical_rl_judge"  # the in-cluster judge engine; Ray scopes names to the job's namespace
+
+# The allowed names come from the algorithm registries: a new entry there is a new valid config value.
+AdvantageName = Literal[tuple(ADVANTAGE_ESTIMATORS)]  # type: ignore[valid-type]
+KLEstimatorName = Literal[tuple(KL_ESTIMATORS)]  # type: ignore[valid-type]
+PolicyLossName = Literal[tuple(POLICY_LOSSES)]  # type: ignore[valid-type]
+
+
+def _estimators(flag: str) -> str:
+    """The advantage estimators whose registry entry sets `flag`, for the descriptions below."""
+    return ", ".join(name for name, entry in ADVANTAGE_ESTIMATORS.items() if getattr(entry, flag))
+
+
+_PRESCRIBED_AGG = ", ".join(f"{name}: {entry.loss_agg_mode}" for name, entry in
+                            [*ADVANTAGE_ESTIMATORS.items(), *POLICY_LOSSES.items()] if entry.loss_agg_mode)
 
 
 class RolloutConfig(EngineConfig):
@@ -44,8 +61,19 @@ class TrainerConfig(ConfigNode):
 
 class PolicyConfig(TrainerConfig):
     clip_eps_low: float = Field(0.2, gt=0, description="PPO ratio clip below 1")
-    clip_eps_high: float = Field(0.2, gt=0, description="PPO ratio clip above 1")
+    clip_eps_high: float = Field(0.2, gt=0, description="PPO ratio clip above 1 (DAPO clip-higher: above clip_eps_low, "
+                                 "e.g. 0.28)")
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus in the policy loss")
+    loss_mode: PolicyLossName = Field(
+        "vanilla", description="policy loss (verl's names): vanilla = PPO clip on per-token ratios; gspo = the clip on "
+        "a per-answer ratio exp(mean log-ratio) (Zheng et al. 2025; the paper clips at 3e-4 below, 4e-4 above)")
+    dual_clip_c: float | None = Field(
+        None, gt=1, description="dual-clip PPO (Ye et al. 2020): a negative-advantage token's loss is capped at "
+        "c*|A| (verl clip_ratio_c, 3.0 there); null: off")
+    loss_agg_mode: LossAggMode | None = Field(
+        None, description="how per-token losses (policy, entropy, KL) become one (verl's names): token-mean, "
+        "seq-mean-token-mean, seq-mean-token-sum-norm (Dr. GRPO: token sums / rollout.max_new_tokens); null: what "
+        f"the method prescribes ({_PRESCRIBED_AGG}), else token-mean")
 
 
 class CriticConfig(TrainerConfig):
@@ -111,13 +139,23 @@ class RewardConfig(ConfigNode):
 
 
 class AlgoConfig(ConfigNode):
-    advantage: Literal["gae", "grpo"] = Field("gae", description="advantage estimator")
-    gamma: float = Field(1.0, ge=0, le=1, description="discount")
+    advantage: AdvantageName = Field(
+        "gae", description=f"advantage estimator (algorithms/advantages.py): {', '.join(ADVANTAGE_ESTIMATORS)}; a "
+        f"critic runs only for {_estimators('needs_critic')}; n_samples_per_prompt >= 2 for "
+        f"{_estimators('needs_groups')}")
+    gamma: float = Field(1.0, ge=0, le=1, description=f"discount ({_estimators('discounted')}; the other estimators "
+                         "are undiscounted)")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    grpo_norm_by_std: bool = Field(True, description="grpo: divide by the group's reward std (verl "
+                                   "norm_adv_by_std_in_grpo); false: only subtract the group mean")
     kl_coef: float = Field(0.03, ge=0, description="KL penalty beta")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="KL estimator (Schulman 2020)")
-    kl_in: Literal["reward", "loss"] = Field("reward", description="KL as per-token reward or as a loss term")
-    normalize_advantages: bool = Field(True, description="whiten advantages over the batch")
+    kl_estimator: KLEstimatorName = Field("k1", description="KL estimator (Schulman 2020)")
+    kl_in: Literal["reward", "loss"] = Field(
+        "reward", description="KL as per-token reward (every estimator: the group ones add the KL's return-to-go to "
+        "the transformed score, as OpenRLHF) or as a loss term")
+    normalize_advantages: bool | None = Field(
+        None, description="whiten advantages over the batch's response tokens; null: the estimator's default (on for "
+        f"{_estimators('whiten')}; off for the others)")
     tis_cap: float | None = Field(
         None, gt=0, description="truncated importance sampling of the engine/trainer mismatch: each token's policy "
         "loss weighted by min(pi_trainer/pi_engine, tis_cap) (TRL/OpenRLHF vLLM IS correction); null: off")
@@ -128,7 +166,7 @@ class AlgoConfig(ConfigNode):
 
     @property
     def use_critic(self) -> bool:
-        return self.advantage == "gae"
+        return ADVANTAGE_ESTIMATORS[self.advantage].needs_critic
 
     @property
     def samples_per_step(self) -> int:
@@ -154,8 +192,13 @@ class AlgoConfig(ConfigNode):
                 f"algo.minibatch_size={self.minibatch_size} must divide rollout_batch_size*n_samples_per_prompt"
                 f"={self.samples_per_step}"
             )
-        if self.advantage == "grpo" and self.n_samples_per_prompt < 2:
-            raise ValueError("algo.advantage=grpo needs algo.n_samples_per_prompt >= 2")
+        estimator = ADVANTAGE_ESTIMATORS[self.advantage]
+        if estimator.needs_groups and self.n_samples_per_prompt < 2:
+            raise ValueError(f"algo.advantage={self.advantage} needs algo.n_samples_per_prompt >= 2")
+        if self.gamma != 1.0 and not estimator.discounted:
+            raise ValueError(f"algo.gamma={self.gamma}: algo.advantage={self.advantage} is undiscounted (gamma 1)")
+        if not self.grpo_norm_by_std and self.advantage != "grpo":
+            raise ValueError(f"algo.grpo_norm_by_std=false applies to algo.advantage=grpo, not {self.advantage}")
         return self
 
 
@@ -231,9 +274,24 @@ class RunConfig(ConfigNode):
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    def _prescribed_loss_agg_modes(self) -> set[str]:
+        """The loss aggregations the advantage estimator and the policy loss prescribe (none, one or two)."""
+        return {ADVANTAGE_ESTIMATORS[self.algo.advantage].loss_agg_mode,
+                POLICY_LOSSES[self.policy.loss_mode].loss_agg_mode} - {None}
+
+    @property
+    def loss_agg_mode(self) -> str:
+        """policy.loss_agg_mode, or else the one the method prescribes, or else token-mean."""
+        return self.policy.loss_agg_mode or next(iter(self._prescribed_loss_agg_modes()), "token-mean")
+
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
-        for role in ("policy", "critic") if self.algo.use_critic else ("policy",):  # no critic runs for GRPO
+        prescribed = self._prescribed_loss_agg_modes()
+        if self.policy.loss_agg_mode is None and len(prescribed) > 1:
+            raise ValueError(f"algo.advantage={self.algo.advantage} and policy.loss_mode={self.policy.loss_mode} "
+                             f"prescribe different loss aggregations ({', '.join(sorted(prescribed))}): set "
+                             "policy.loss_agg_mode")
+        for role in ("policy", "critic") if self.algo.use_critic else ("policy",):
             ws = getattr(self, role).world_size
             if self.algo.minibatch_size % ws:
                 raise ValueError(f"{role}.world_size={ws} must divide algo.minibatch_size={self.algo.minibatch_size}")

@@ -122,3 +122,20 @@ def test_a_partial_section_keeps_the_defaults_of_the_section_it_overrides(tmp_pa
     path.write_text("synthesis:\n  engine:\n    num_engines: 2\n")
     assert load_config(path).synthesis.engine.max_model_len == 4096
     assert load_config(path).synthesis.engine.num_engines == 2
+
+
+def test_algorithm_settings_that_do_not_fit_are_named():
+    group = ["algo.n_samples_per_prompt=2"]
+    with pytest.raises(ConfigError, match=r"algo.advantage: Input should be 'gae', 'grpo', 'dr_grpo'"):
+        load_config(None, ["algo.advantage=remax"])  # the names are the registry's
+    with pytest.raises(ConfigError, match=r"algo.gamma=0.9: algo.advantage=rloo is undiscounted"):
+        load_config(None, ["algo.advantage=rloo", "algo.gamma=0.9", *group])
+    with pytest.raises(ConfigError, match=r"algo.grpo_norm_by_std=false applies to algo.advantage=grpo"):
+        load_config(None, ["algo.grpo_norm_by_std=false"])
+    with pytest.raises(ConfigError, match=r"policy.dual_clip_c: Input should be greater than 1"):
+        load_config(None, ["policy.dual_clip_c=1.0"])
+    with pytest.raises(ConfigError, match=r"prescribe different loss aggregations .*set policy.loss_agg_mode"):
+        load_config(None, ["algo.advantage=dr_grpo", "policy.loss_mode=gspo", *group])
+    cfg = load_config(None, ["algo.advantage=dr_grpo", "policy.loss_mode=gspo", *group,
+                             "policy.loss_agg_mode=seq-mean-token-sum-norm", "policy.dual_clip_c=3"])
+    assert (cfg.loss_agg_mode, cfg.algo.use_critic, cfg.policy.dual_clip_c) == ("seq-mean-token-sum-norm", False, 3.0)

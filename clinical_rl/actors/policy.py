@@ -6,6 +6,7 @@ A plain class; the driver wraps it with `ray.remote(...)` at launch (one engine 
 from __future__ import annotations
 
 from collections import deque
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +20,7 @@ from clinical_rl.actors.scoring import (
     causal_lm_logits, first_scored_position, score_batch, window_entropy, window_logprobs,
 )
 from clinical_rl.algorithms.losses import (
-    kl_penalty_loss, masked_mean, masked_sum, ppo_policy_loss, truncated_is_weights,
+    aggregate_loss, get_policy_loss, kl_penalty_loss, masked_sum, truncated_is_weights,
 )
 from clinical_rl.rl.batch import Experience, RolloutBatch, trim_to_content
 from clinical_rl.config import PolicyConfig
@@ -29,7 +30,7 @@ from clinical_rl.rl.weight_sync.trainer_side import WeightSender, iter_full_para
 
 
 class PolicyTrainer(TrainerRank):
-    """PPO / GRPO policy updates, scoring at the sampling temperature, and HF export for one rank."""
+    """Policy updates (`policy.loss_mode`), scoring at the sampling temperature, and HF export for one rank."""
 
     def __init__(
         self,
@@ -46,6 +47,8 @@ class PolicyTrainer(TrainerRank):
         kl_in_loss: bool,
         seed: int,
         tis_cap: float | None = None,
+        loss_agg_mode: str = "token-mean",
+        loss_norm_len: int | None = None,
     ) -> None:
         super().__init__(cfg, device, model_path, group, seed)
         self.cfg: PolicyConfig = cfg
@@ -53,6 +56,8 @@ class PolicyTrainer(TrainerRank):
         self.temperature, self.kl_coef = temperature, kl_coef
         self.kl_estimator, self.kl_in_loss = kl_estimator, kl_in_loss
         self.tis_cap = tis_cap  # truncated importance sampling of the engine/trainer mismatch (None: off)
+        # RunConfig.loss_agg_mode (resolved from the method) and seq-mean-token-sum-norm's constant length
+        self.loss_agg_mode, self.loss_norm_len = loss_agg_mode, loss_norm_len
         self.grad_accum = grad_accum_steps(minibatch_size, group.world_size, cfg.micro_batch_size)
         hf = load_hf_model(AutoModelForCausalLM, model_path, model, cfg.gradient_checkpointing)
         self.engine = build_engine(hf, cfg, model.dtype, self.grad_accum)
@@ -81,12 +86,13 @@ class PolicyTrainer(TrainerRank):
 
         Returns this rank's token-mean metrics (the driver averages them over ranks).
         """
+        num_seqs = float((exp.mask[index].sum(dim=1) > 0).sum())  # GLOBAL, like num_tokens: seq-mean-* divide by it
         return train_minibatch(
             self.engine, exp, index, self.rank, self.world_size, self.cfg.micro_batch_size, self.grad_accum,
-            self._micro_step, "policy",
+            partial(self._micro_step, num_seqs=num_seqs), "policy",
         )
 
-    def _micro_step(self, mb: Experience, num_tokens: float) -> dict[str, float]:
+    def _micro_step(self, mb: Experience, num_tokens: float, num_seqs: float) -> dict[str, float]:
         """Forward, loss and backward of one micro-batch; returns token-weighted metric sums."""
         r = mb.rollout
         zeros = torch.zeros_like(r.rollout_logp)  # stands in for what this step does not have
@@ -112,19 +118,21 @@ class PolicyTrainer(TrainerRank):
             advantages = advantages * weights
             sums["rollout/tis_weight_mean"] = masked_sum(weights, mask).item()
             sums["rollout/tis_truncated_frac"] = masked_sum((weights >= self.tis_cap).float(), mask).item()
-        pg_loss, stats = ppo_policy_loss(
-            logp, old_logp, advantages, mask, self.cfg.clip_eps_low, self.cfg.clip_eps_high, num_tokens
+        agg = {"agg_mode": self.loss_agg_mode, "num_seqs": num_seqs, "norm_len": self.loss_norm_len}
+        pg_loss, stats = get_policy_loss(self.cfg.loss_mode).fn(
+            logp, old_logp, advantages, mask, self.cfg.clip_eps_low, self.cfg.clip_eps_high, num_tokens,
+            dual_clip_c=self.cfg.dual_clip_c, **agg,
         )
         loss = pg_loss
         if self.cfg.entropy_coef > 0:
             # A full-vocabulary pass per token, so only when it is in the loss; `rollout/entropy_mc` estimates it
             # for free otherwise.
             entropy = window_entropy(logits, start, self.temperature, mask)
-            loss = loss - self.cfg.entropy_coef * masked_mean(entropy, mask, num_tokens)
+            loss = loss - self.cfg.entropy_coef * aggregate_loss(entropy, mask, num_tokens=num_tokens, **agg)
             sums["policy/entropy"] = masked_sum(entropy.detach(), mask).item()
         kl = torch.zeros(())
         if self.kl_in_loss:
-            kl = kl_penalty_loss(logp, ref_logp, mask, self.kl_estimator, num_tokens)
+            kl = kl_penalty_loss(logp, ref_logp, mask, self.kl_estimator, num_tokens, **agg)
             loss = loss + self.kl_coef * kl
         norm = backward_step(self.engine, loss, self.world_size)
         sums |= {
@@ -134,6 +142,7 @@ class PolicyTrainer(TrainerRank):
             "loss/policy": pg_loss.item() * num_tokens,
             "policy/clipfrac": stats.clipfrac * n,
             "policy/approx_kl": stats.approx_kl * n,
+            "policy/dual_clipfrac": stats.dual_clipfrac * n,
         }
         if self.kl_in_loss:
             sums["kl/loss"] = kl.item() * num_tokens

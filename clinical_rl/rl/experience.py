@@ -10,9 +10,9 @@ import math
 import torch
 from torch import Tensor
 
-from clinical_rl.algorithms.advantages import AdvantageInputs, get_advantage_estimator, shape_token_rewards
+from clinical_rl.algorithms.advantages import AdvantageInputs, compute_advantages, shape_token_rewards
 from clinical_rl.algorithms.kl import get_kl_estimator
-from clinical_rl.algorithms.losses import explained_variance, masked_mean, masked_whiten
+from clinical_rl.algorithms.losses import explained_variance, masked_mean
 from clinical_rl.rl.batch import Experience, RolloutBatch
 from clinical_rl.config import AlgoConfig
 from clinical_rl.rewards.base import RewardResult
@@ -47,19 +47,19 @@ def make_experience(
     mask = batch.response_mask * reward_ok.unsqueeze(1)
     behaviour = batch.rollout_logp if old_logp is None else old_logp
     kl = torch.zeros_like(mask) if ref_logp is None else get_kl_estimator(algo.kl_estimator)(behaviour, ref_logp) * mask
-    token_rewards = shape_token_rewards(scores, mask, kl if algo.kl_in == "reward" else None, algo.kl_coef)
+    kl_in_reward = algo.kl_in == "reward"
     inputs = AdvantageInputs(
-        token_rewards=token_rewards,
+        token_rewards=shape_token_rewards(scores, mask, kl if kl_in_reward else None, algo.kl_coef),
         scores=scores,
         mask=mask,
         group_ids=batch.group_ids,
         values=None if values is None else values * mask,
+        kl_rewards=-algo.kl_coef * kl if kl_in_reward else None,
         gamma=algo.gamma,
         lam=algo.lam,
+        norm_by_std=algo.grpo_norm_by_std,
     )
-    advantages, returns = get_advantage_estimator(algo.advantage)(inputs)
-    if algo.normalize_advantages:
-        advantages = masked_whiten(advantages, mask)
+    advantages, returns = compute_advantages(algo.advantage, inputs, algo.normalize_advantages)
     return Experience(
         rollout=batch,
         scores=scores,

@@ -113,7 +113,8 @@ def start_roles(cfg: RunConfig, plan: PlacementPlan, pg: Any, bundle_nodes: list
     policy = trainer_group(
         PolicyTrainer, plan.of("policy"), pg, cfg.model, cfg.policy, device, model_path=str(model_path),
         temperature=cfg.rollout.temperature, kl_coef=cfg.algo.kl_coef, kl_estimator=cfg.algo.kl_estimator,
-        kl_in_loss=cfg.algo.kl_in == "loss" and cfg.algo.use_reference, tis_cap=cfg.algo.tis_cap, **common,
+        kl_in_loss=cfg.algo.kl_in == "loss" and cfg.algo.use_reference, tis_cap=cfg.algo.tis_cap,
+        loss_agg_mode=cfg.loss_agg_mode, loss_norm_len=cfg.rollout.max_new_tokens, **common,
     )
     critic = trainer_group(
         CriticTrainer, plan.of("critic"), pg, cfg.model, cfg.critic, device, model_path=str(critic_path), **common

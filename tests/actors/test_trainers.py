@@ -110,6 +110,7 @@ def hf_logprobs(model_dir: str, batch: RolloutBatch, temperature: float) -> torc
 def start_policy(model_dir: str, *, rank: int = 0, world_size: int = 1, port: int | None = None, **cfg):
     settings = dict(lr=1e-3, micro_batch_size=2, world_size=world_size) | cfg
     kl_in_loss = settings.pop("kl_in_loss", False)
+    loss_agg_mode = settings.pop("loss_agg_mode", "token-mean")  # a run resolves it in RunConfig.loss_agg_mode
     return ray.remote(num_cpus=1)(PolicyTrainer).remote(
         ModelConfig(path=model_dir),
         PolicyConfig(**settings),
@@ -122,6 +123,8 @@ def start_policy(model_dir: str, *, rank: int = 0, world_size: int = 1, port: in
         kl_estimator="k3",
         kl_in_loss=kl_in_loss,
         seed=0,
+        loss_agg_mode=loss_agg_mode,
+        loss_norm_len=max(LENGTHS) - PROMPT_LEN,
     )
 
 
@@ -269,10 +272,15 @@ def test_masked_row_has_no_effect_and_negative_advantages_lower_logp(ray_cluster
     assert (response_logp(after_b, batch_b)[:3] < response_logp(olds[0], batch_b)[:3]).all()
 
 
-def test_zero3_world_size_2_matches_world_size_1(ray_cluster, tiny_model, tmp_path: Path):
-    """Global-token normalisation makes sharding invisible: 2 ranks x 2 rows (ZeRO-3) == 1 rank x 4 rows."""
+@pytest.mark.parametrize("loss", [
+    {},
+    # the sequence-level ratio, a per-sequence aggregation (global sequence count) and the dual clip
+    {"loss_mode": "gspo", "loss_agg_mode": "seq-mean-token-sum-norm", "dual_clip_c": 3.0},
+], ids=["vanilla-token-mean", "gspo-seq-mean-token-sum-norm"])
+def test_zero3_world_size_2_matches_world_size_1(ray_cluster, tiny_model, tmp_path: Path, loss: dict):
+    """Global token and sequence counts make sharding invisible: 2 ranks x 2 rows (ZeRO-3) == 1 rank x 4 rows."""
     batch = make_batch(seed=5)
-    extra = dict(entropy_coef=0.01, kl_in_loss=True)  # every loss term takes part
+    extra = dict(entropy_coef=0.01, kl_in_loss=True) | loss  # every loss term takes part
     single = start_policy(tiny_model, **extra)
     port = free_port()
     ranks = [start_policy(tiny_model, rank=r, world_size=2, port=port, zero_stage=3, micro_batch_size=1, **extra)

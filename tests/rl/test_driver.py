@@ -104,9 +104,12 @@ def test_ppo_learns_the_candidate_task_across_a_resume(task_model, task_cases, t
     assert moved > 1e-3
 
 
-def test_ppo_learns_the_candidate_task_in_bf16_through_lost_actors(task_model, task_cases, tmp_path, capsys):
-    """The learning test's bar in bf16: bf16 weights and compute for every role (fp32 master weights in DeepSpeed's
-    optimizer), truncated importance sampling on. The engine/trainer gap is bf16 noise, well below a stale sync's.
+@pytest.mark.parametrize("advantage", ["grpo", "reinforce_plus_plus_baseline"])
+def test_critic_free_learns_the_candidate_task_in_bf16_through_lost_actors(advantage, task_model, task_cases,
+                                                                           tmp_path, capsys):
+    """The learning test's bar without a critic (16 prompts x 4 samples a step, the group estimators' shape) and in
+    bf16: bf16 weights and compute for every role (fp32 master weights in DeepSpeed's optimizer), truncated
+    importance sampling on. The engine/trainer gap is bf16 noise, well below a stale sync's.
 
     At step 1 the reward class SIGKILLs the rollout engine's process and its own reward actor's, mid-step: Ray
     restarts both, the step is redone with the same prompts and logged once, and no sample is scored from the lost
@@ -115,9 +118,9 @@ def test_ppo_learns_the_candidate_task_in_bf16_through_lost_actors(task_model, t
 
     marker = tmp_path / "killed"
     cfg = task_config(
-        task_model, task_cases, tmp_path / "run", "steps=30", "model.dtype=bfloat16", "algo.rollout_batch_size=64",
-        "algo.minibatch_size=32", "algo.ppo_epochs=2", "policy.lr=3e-4", "critic.lr=1e-3", "algo.tis_cap=2.0",
-        "policy.micro_batch_size=32", "critic.micro_batch_size=32", "tracking.wandb_mode=disabled",
+        task_model, task_cases, tmp_path / "run", "steps=30", "model.dtype=bfloat16", f"algo.advantage={advantage}",
+        "algo.rollout_batch_size=16", "algo.n_samples_per_prompt=4", "algo.minibatch_size=32", "algo.ppo_epochs=2",
+        "policy.lr=3e-4", "algo.tis_cap=2.0", "policy.micro_batch_size=32", "tracking.wandb_mode=disabled",
         "reward.cls=tests.rl.fault_rewards:KillsEngineAndItselfOnce", f"reward.kwargs.marker={marker}",
     )
     result = run(cfg)

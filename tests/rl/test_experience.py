@@ -106,3 +106,36 @@ def test_when_the_old_policy_is_scored(changes, scores):
                     kl_in="loss") | changes
     algo = AlgoConfig(**settings)
     assert algo.scores_old_policy is scores
+
+
+def one_prompt_batch() -> RolloutBatch:
+    """batch()'s three responses (3, 2 and 1 tokens, from position 2 on) as one prompt's group."""
+    samples = [
+        Sample([1, 2], [3, 4, 5], [-0.1, -0.2, -0.3], "a", "stop", 0),
+        Sample([1, 2], [6, 7], [-0.5, -0.6], "b", "length", 0),
+        Sample([1, 2], [8], [-0.7], "c", "stop", 0),
+    ]
+    return RolloutBatch.from_samples(samples, ["p0"], [Case("q", "r0")], pad_id=0)
+
+
+def test_group_estimator_takes_the_kl_in_the_reward_and_its_own_whitening_default():
+    results = [RewardResult(1.0, "ok"), RewardResult(0.0, "ok"), RewardResult(0.5, "ok")]
+    old_logp, ref_logp = torch.full((3, 5), -1.0), torch.full((3, 5), -1.5)  # k1 = 0.5 per token
+    algo = AlgoConfig(advantage="rloo", n_samples_per_prompt=3, rollout_batch_size=1, minibatch_size=3, kl_coef=0.1)
+    exp = make_experience(algo, one_prompt_batch(), results, old_logp, ref_logp, None, max_failed_frac=0.0)
+    # leave-one-out: 1 - (0 + 0.5)/2 = 0.75, 0 - (1 + 0.5)/2 = -0.75, 0.5 - (1 + 0)/2 = 0; plus the return-to-go of
+    # the KL reward -0.1 * 0.5 = -0.05 per token; rloo is not whitened by default (normalize_advantages null)
+    assert exp.advantages[0, 2:].tolist() == pytest.approx([0.75 - 0.15, 0.75 - 0.10, 0.75 - 0.05])
+    assert exp.advantages[1, 2:4].tolist() == pytest.approx([-0.75 - 0.10, -0.75 - 0.05])
+    assert exp.advantages[2, 2].item() == pytest.approx(-0.05)
+    assert exp.advantages[:, :2].abs().sum() == 0 and exp.advantages[1:, 4].abs().sum() == 0
+
+
+def test_grpo_without_std_normalisation():
+    results = [RewardResult(1.0, "ok"), RewardResult(0.0, "ok"), RewardResult(0.5, "ok")]
+    algo = AlgoConfig(advantage="grpo", grpo_norm_by_std=False, normalize_advantages=False, n_samples_per_prompt=3,
+                      rollout_batch_size=1, minibatch_size=3, kl_in="loss")
+    exp = make_experience(algo, one_prompt_batch(), results, None, None, None, max_failed_frac=0.0)
+    # score - mean(1, 0, 0.5) = 0.5, -0.5, 0 on every response token (std normalisation would give 1, -1, 0)
+    assert exp.advantages[:, 2].tolist() == pytest.approx([0.5, -0.5, 0.0])
+    assert exp.advantages[0, 2:].tolist() == pytest.approx([0.5, 0.5, 0.5])
