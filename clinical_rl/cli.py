@@ -9,13 +9,14 @@ import argparse
 import importlib.metadata
 import signal
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 from clinical_rl.config import RunConfig
 from clinical_rl.config_stages import EvalBenchmarkConfig, EvalModelConfig
 from clinical_rl.config_files import ConfigError, dump_config, load_config
-from clinical_rl.preflight import PREFLIGHT_COMMANDS, check
+from clinical_rl.preflight import PREFLIGHT_COMMANDS, check, check_reward
 from clinical_rl.rewards.server_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_FIELD_CHARS, DEFAULT_MAX_ITEMS
 
 
@@ -30,7 +31,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {  # name -> (one-line help, what i
              "Prints the resolved config, the bundles, per node/GPU the memory of each role, the totals, the "
              "checkpoint size on disk and the pipeline's stages; then runs the preflight of --for (paths, data, "
              "reward, credentials, endpoints) and says `ready` or lists what is wrong. Writes nothing. Exit 1: "
-             "the layout does not fit or the run is not ready.",
+             "the layout does not fit or the run is not ready; 2: the config itself is invalid.",
              "clinical-rl plan --config configs/cluster_qwen2.5_7b.yaml --for ppo"),
     "pipeline": ("synthesis -> SFT -> PPO -> evaluation (pipeline.stages), each stage resumable",
                  "Runs pipeline.stages in order from one config: synthesis.jsonl, sft/, ppo/policy/ and eval/report.md "
@@ -65,8 +66,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {  # name -> (one-line help, what i
 
 def _sub(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
     help_text, description, example = _COMMANDS[name]
-    return sub.add_parser(name, help=help_text, description=description, epilog=f"example:\n  {example}",
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    return sub.add_parser(name, help=help_text, description=textwrap.fill(description, 100),
+                          epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def _common(cmd: argparse.ArgumentParser, config_help: str, override_example: str, endpoints: bool = True) -> None:
@@ -102,14 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     _sub(sub, "prepare-model")
     serve = _sub(sub, "serve-reward")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
-    serve.add_argument("--port", type=int, default=5000, help="TCP port")
+    serve.add_argument("--port", type=int, default=5000, help="TCP port (default: 5000)")
     serve.add_argument("--failed-reward", type=float, default=None, metavar="FLOAT",
                        help="reward for samples that fail to score, flagged in extra_logs.reward_failed "
                             "(default: answer the request with 503 listing them)")
     serve.add_argument("--strip-suffix", action="append", default=None, metavar="TEXT",
                        help="EOS text to cut off the end of each response (repeatable; default: common EOS tokens; "
                             "--strip-suffix '' cuts nothing)")
-    serve.add_argument("--concurrency", type=int, default=1, help="reward class instances serving requests at once")
+    serve.add_argument("--concurrency", type=int, default=1, help="reward class instances serving requests at once (default: 1)")
     serve.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, metavar="N",
                        help="request body cap, answered 413 before parsing (default: 4 MiB)")
     serve.add_argument("--max-field-chars", type=int, default=DEFAULT_MAX_FIELD_CHARS, metavar="N",
@@ -148,10 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "plan":
         return _plan(cfg, args)
-    if args.command == "serve-reward":
-        return _serve_reward(cfg, args)
-    if args.command == "verifier-audit":
-        return _verifier_audit(cfg, args)
+    if args.command in ("serve-reward", "verifier-audit"):
+        try:
+            check_reward(cfg, endpoints=False)  # the class and its kwargs, keyed, before anything binds or scores
+        except ValueError as err:
+            print(f"clinical-rl: {err}", file=sys.stderr)
+            return 2
+        return _serve_reward(cfg, args) if args.command == "serve-reward" else _verifier_audit(cfg, args)
     try:
         if args.command == "eval":
             cfg, flags = _eval_config(cfg, args)
@@ -184,35 +188,44 @@ def _preflight(cfg: RunConfig, command: str, skip_endpoints: bool, flags: tuple[
 
 
 def _plan(cfg: RunConfig, args: argparse.Namespace) -> int:
-    """Resolved config, bundles, then per node / GPU the role instances and their memory, then the preflight of
-    `--for`; 1 if the layout does not fit or the run is not ready."""
+    """Resolved config; for `--for ppo|pipeline` the bundles, per node / GPU the role instances and their memory,
+    the checkpoint disk (and the pipeline's stages); then the preflight of `--for`. 1 if the layout does not fit or
+    the run is not ready (both are reported)."""
+    from clinical_rl.launch.cluster import local_cluster_shape
+    from clinical_rl.preflight import find_problems, format_problems
+
+    print(dump_config(cfg))
+    fits = True
+    if args.target in ("ppo", "pipeline"):
+        fits = _print_layout(local_cluster_shape(cfg), args.target)
+    problems = find_problems(cfg, args.target, endpoints=not args.skip_endpoint_check)
+    if problems:
+        print(f"not ready: clinical-rl {args.target} would stop on {format_problems(problems)}", file=sys.stderr)
+    elif fits:
+        print(f"ready: clinical-rl {args.target} found everything it needs")
+    return 0 if fits and not problems else 1
+
+
+def _print_layout(cfg: RunConfig, target: str) -> bool:
+    """The placement plan, its memory and disk (and the pipeline's stages); False when it does not fit."""
     from clinical_rl.launch.disk import checkpoint_disk, format_checkpoint_disk
     from clinical_rl.launch.layout import format_memory_plan, plan_memory
     from clinical_rl.launch.placement import format_plan, plan_placement
     from clinical_rl.launch.stages import format_pipeline_stages, pipeline_stages
-    from clinical_rl.preflight import find_problems
 
-    print(dump_config(cfg))
     try:
         print(format_plan(plan_placement(cfg)))
         memory = plan_memory(cfg)
     except ValueError as err:
         print(f"clinical-rl plan: {err}", file=sys.stderr)
-        return 1
+        return False
     print(format_memory_plan(memory, cfg))
     print(format_checkpoint_disk(checkpoint_disk(cfg, memory.roles), cfg))
-    if args.target == "pipeline":
+    if target == "pipeline":
         print(format_pipeline_stages(pipeline_stages(cfg, memory), cfg))
     if memory.problems:
         print("clinical-rl plan: the layout does not fit:\n  " + "\n  ".join(memory.problems), file=sys.stderr)
-        return 1
-    problems = find_problems(cfg, args.target, endpoints=not args.skip_endpoint_check)
-    if problems:
-        print(f"not ready: clinical-rl {args.target} would stop on {len(problems)} problem"
-              f"{'s' * (len(problems) != 1)}:\n  " + "\n  ".join(map(str, problems)), file=sys.stderr)
-        return 1
-    print(f"ready: clinical-rl {args.target} found everything it needs")
-    return 0
+    return not memory.problems
 
 
 def _eval_config(cfg: RunConfig, args: argparse.Namespace) -> tuple[RunConfig, tuple[str, ...]]:
@@ -257,8 +270,15 @@ def parse_model_spec(spec: str) -> EvalModelConfig:
     label, sep, target = spec.partition("=")
     if not sep:
         label, target = Path(spec).name or spec, spec
-    if target.startswith("openai:"):
-        model, _, base_url = target.removeprefix("openai:").partition("@")
+    if not label.strip() or not target.strip():
+        raise ValueError(f"--model {spec!r}: give PATH, LABEL=PATH or LABEL=openai:MODEL@BASE_URL (empty "
+                         f"{'label' if not label.strip() else 'path'})")
+    if target.lower().startswith("openai:"):
+        model, at, base_url = target[len("openai:"):].partition("@")
+        if not model or (at and not base_url):
+            raise ValueError(f"--model {spec!r}: openai:MODEL@BASE_URL needs a model name"
+                             f"{' and a base URL after @' if at else ''} (BASE_URL may be left out with its @: "
+                             "api.openai.com)")
         return EvalModelConfig(label=label, model=model, base_url=base_url or None)
     return EvalModelConfig(label=label, path=target)
 
@@ -277,14 +297,12 @@ def parse_fields_arg(text: str) -> dict:
     Raises:
         ValueError: not YAML, or not a valid mapping; the message starts with `--fields` and names the key.
     """
-    import yaml
-
+    from clinical_rl.config_files import load_yaml
     from clinical_rl.data.fields import parse_fields
 
+    mapping = load_yaml(text, "--fields")
     try:
-        return parse_fields(yaml.safe_load(text))
-    except yaml.YAMLError as err:
-        raise ValueError(f"--fields: not YAML ({err})") from None
+        return parse_fields(mapping)
     except ValueError as err:
         raise ValueError(f"--fields: {err}") from None
 

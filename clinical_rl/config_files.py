@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from clinical_rl.config import RunConfig
-from clinical_rl.utf8 import RESAVE_HINT, NotUtf8Error, decode_utf8
+from clinical_rl.utf8 import NotUtf8Error, decode_utf8
 
 
 class ConfigError(ValueError):
@@ -32,8 +32,27 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r} conflicts with another override of {part!r}")
-        node[leaf] = yaml.safe_load(raw) if raw else None
+        node[leaf] = load_yaml(raw, f"override {key}") if raw else None
     return tree
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """The YAML value of `text` (a file's text, an override's value, a flag's argument).
+
+    Raises:
+        ConfigError: invalid YAML, or a key given twice in one mapping (YAML would keep the last silently); the
+            message starts with `where` and names the line of each repeated key.
+    """
+    try:
+        node = yaml.compose(text)
+        duplicates = _duplicate_keys(node) if node is not None else []
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: invalid YAML: {str(err).replace(chr(34) + '<unicode string>' + chr(34), where)}") \
+            from None
+    if duplicates:
+        raise ConfigError("\n".join(f"{where}:{d}" for d in duplicates))
+    return value
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +118,7 @@ def _read_text(path: Path) -> str:
     try:
         return decode_utf8(path.read_bytes())
     except NotUtf8Error as err:
-        raise ConfigError(f"{path}:{err.line}: {err}; {RESAVE_HINT}") from None
+        raise ConfigError(f"{path}:{err.line}: {err}; {err.hint}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -113,31 +132,36 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         text = _read_text(path)
-        try:
-            node = yaml.compose(text)
-            duplicates = _duplicate_keys(node) if node is not None else []
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML: {err}") from err
-        if duplicates:
-            raise ConfigError("\n".join(f"{path}:{d}" for d in duplicates))
+        raw = load_yaml(text, str(path)) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of config sections")
     from_cli = parse_overrides(overrides or [])
-    # On the defaults' tree, so that a partial section keeps the defaults of the section it overrides: a section's
-    # default can differ from its class's (eval.engine's max_model_len is 4096, EngineConfig's 2048).
-    defaults = RunConfig().model_dump(mode="json")
     try:
-        return RunConfig.model_validate(_deep_merge(_deep_merge(defaults, raw), from_cli))
+        return RunConfig.model_validate(_deep_merge(_deep_merge(_section_defaults(RunConfig()), raw), from_cli))
     except ValidationError as err:
         raise ConfigError(_describe(err, path, text, from_cli)) from None
+
+
+def _section_defaults(node: BaseModel) -> dict[str, Any]:
+    """The values a section's default sets beyond its class's defaults (eval.engine: max_model_len 4096 where
+    EngineConfig says 2048), at any depth: a partial section in a file or override is laid over them, so it keeps
+    them. Only those: a key the user did not write stays unset (`model_fields_set`), as the cluster checks need."""
+    out: dict[str, Any] = {}
+    for name in type(node).model_fields:
+        value = getattr(node, name)
+        if isinstance(value, BaseModel):
+            section = _deep_merge(value.model_dump(mode="json", exclude_unset=True), _section_defaults(value))
+            if section:
+                out[name] = section
+    return out
 
 
 def _describe(err: ValidationError, path: Path | None, text: str, from_cli: dict[str, Any]) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        problem = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        # A model validator's message names its own keys; pydantic's "Value error, " prefix says nothing more.
+        problem = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
         where = "command line"
         if path is not None and not _in_tree(from_cli, e["loc"]):
             line = _yaml_line(text, e["loc"]) if text else None

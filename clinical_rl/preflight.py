@@ -44,8 +44,14 @@ class PreflightError(ValueError):
 
     def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems = list(problems)
-        count = f"{len(self.problems)} problem{'s' * (len(self.problems) != 1)}"
-        super().__init__(f"{count} found before starting anything:\n  " + "\n  ".join(map(str, self.problems)))
+        count, _, listed = format_problems(self.problems).partition(":")
+        super().__init__(f"{count} found before starting anything:{listed}")
+
+
+def format_problems(problems: Sequence[Problem]) -> str:
+    """`N problems:` then one per line; a problem's own further lines are indented below it."""
+    lines = [str(p).replace("\n", "\n      ") for p in problems]
+    return f"{len(lines)} problem{'s' * (len(lines) != 1)}:\n  " + "\n  ".join(lines)
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class Endpoint:
     key: str  # the config key that names it
     base_url: str | None  # None: api.openai.com
     api_key_env: str
+    model: str = ""  # the model name the run will ask for ("": not checked)
 
 
 def check(cfg: RunConfig, command: Command, *, models: Sequence[EvalModelConfig] | None = None,
@@ -68,6 +75,21 @@ def check(cfg: RunConfig, command: Command, *, models: Sequence[EvalModelConfig]
     problems = find_problems(cfg, command, models=models, endpoints=endpoints, flags=flags)
     if problems:
         raise PreflightError(problems)
+
+
+def check_reward(cfg: RunConfig, *, endpoints: bool = True) -> None:
+    """The reward section alone (`serve-reward`, `verifier-audit`): its class constructed with its kwargs, its
+    judge's endpoint reached.
+
+    Raises:
+        PreflightError: one or more problems, all listed.
+    """
+    checks = _Checks(cfg)
+    checks.reward()
+    if endpoints:
+        checks.reach_endpoints()
+    if checks.problems:
+        raise PreflightError(checks.problems)
 
 
 def find_problems(cfg: RunConfig, command: Command, *, models: Sequence[EvalModelConfig] | None = None,
@@ -87,8 +109,7 @@ def find_problems(cfg: RunConfig, command: Command, *, models: Sequence[EvalMode
         checks.pipeline()
     checks.tracking()
     if endpoints:
-        for endpoint in checks.endpoints:
-            checks.attempt(endpoint.key, lambda e=endpoint: reach(e))
+        checks.reach_endpoints()
     return checks.problems
 
 
@@ -105,6 +126,8 @@ class _Checks:
 
         try:
             check()
+        except _Keyed as err:  # raised under another key than the check's own
+            self.problems.append(Problem(err.key, _without_key(str(err.error), err.key)))
         except ValidationError as err:  # a config model of the checked object: one problem per field, keyed
             for e in err.errors():
                 where = ".".join([key, *map(str, e["loc"])])
@@ -112,17 +135,28 @@ class _Checks:
         except (ValueError, FileNotFoundError, OSError, ImportError, TypeError) as err:
             self.problems.append(Problem(key, _without_key(str(err), key)))
 
+    def reach_endpoints(self) -> None:
+        for endpoint in self.endpoints:
+            self.attempt(endpoint.key, lambda e=endpoint: reach(e))
+
     def model(self, path: str, key: str) -> None:
         from clinical_rl.models import check_model_dir
 
         self.attempt(key, lambda: check_model_dir(path, key))
 
     def cases(self, key: str, section: Any, limit: int | None) -> None:
+        self.attempt(key, lambda: self._load(key, section, limit))
+
+    def _load(self, key: str, section: Any, limit: int | None) -> list:
+        """The cases of a data-like section (data, synthesis, a benchmark); errors are keyed by `cases`' caller."""
         from clinical_rl.data.loaders import load_cases
 
-        self.attempt(key, lambda: load_cases(section.path, section.format, section.fields or None, section.language,
-                                             limit, self.cfg.seed, departments=section.departments,
-                                             builtin_per_disease=section.builtin_per_disease))
+        try:
+            return load_cases(section.path, section.format, section.fields or None, section.language, limit,
+                              self.cfg.seed, departments=section.departments,
+                              builtin_per_disease=section.builtin_per_disease)
+        except (ValueError, OSError) as err:
+            raise _Keyed(key, err) from None
 
     def resume(self) -> None:
         """A resume must keep the settings the latest checkpoint was trained with (`rl/config_record.py`); the
@@ -163,32 +197,47 @@ class _Checks:
     def evaluation(self, models: Sequence[EvalModelConfig], require_models: bool = False) -> None:
         ev = self.cfg.eval
         if require_models and not models:
-            self.problems.append(Problem("eval.models", "empty: name at least one model (--model PATH)"))
+            self.problems.append(Problem("eval.models", "empty: name at least one model (eval.models: [{label: NAME, "
+                                         "path: DIR}], or --model PATH on `clinical-rl eval`)"))
+        model_key = "--model" if "--model" in self.flags else "eval.models"
+        benchmark_key = "--benchmark" if "--benchmark" in self.flags else "eval.benchmarks"
+        self._unique(model_key, "label", [m.label for m in models])
+        self._unique(benchmark_key, "name", [b.name for b in ev.benchmarks])
         for m in models:
             flag = "--model" in self.flags
             key = f"--model {m.label}" if flag else f"eval.models[{m.label}]"
             if m.path is not None:
                 self.model(m.path, key if flag else f"{key}.path")
             else:
-                self.endpoints.append(Endpoint(key if flag else f"{key}.base_url", m.base_url, m.api_key_env))
+                self.endpoints.append(Endpoint(key if flag else f"{key}.base_url", m.base_url, m.api_key_env,
+                                               m.model or ""))
         for b in ev.benchmarks:
             flag = "--benchmark" in self.flags
             self.cases(f"--benchmark {b.name}" if flag else f"eval.benchmarks[{b.name}].path", b, None)
         if ev.judge is not None:
             self._judge("eval.judge", ev.judge)
 
+    def _unique(self, key: str, what: str, names: Sequence[str]) -> None:
+        """Results are stored and reported by label / name: two of the same would be merged into one row."""
+        for name in dict.fromkeys(n for n in names if names.count(n) > 1):
+            self.problems.append(Problem(key, f"the {what} {name!r} is given {names.count(name)} times; each needs "
+                                         f"its own {what} (--model LABEL=PATH, --benchmark NAME=PATH)"))
+        for name in (n for n in names if not n.strip()):
+            self.problems.append(Problem(key, f"an empty {what}"))
+
     def synthesis(self) -> None:
         s = self.cfg.synthesis
-        self.cases("synthesis.path", s, s.limit)
         if s.teacher == "knowledge_base":
+            self.attempt("synthesis.teacher", lambda: _kb_covers(self._load("synthesis.path", s, s.limit)))
             return
+        self.cases("synthesis.path", s, s.limit)
         if s.engine_model is not None:
             self.model(s.engine_model, "synthesis.engine_model")
         elif not s.model:
             self.problems.append(Problem("synthesis.model", "required for an endpoint (or set synthesis.engine_model "
                                          "to a local model, or synthesis.teacher=knowledge_base)"))
         else:
-            self.endpoints.append(Endpoint("synthesis.base_url", s.base_url, s.api_key_env))
+            self.endpoints.append(Endpoint("synthesis.base_url", s.base_url, s.api_key_env, s.model))
         if s.judge is not None:
             self._judge("synthesis.judge", s.judge)
 
@@ -201,7 +250,10 @@ class _Checks:
             self._sft_rows(stages)
         if "ppo" in stages:
             self.rl(model_key=None)
-        if "eval" in stages:
+        if "eval" in stages:  # the pipeline evaluates its own models beside eval.models, under these labels
+            for m in (m for m in cfg.eval.models if m.label in ("base", "sft", "sft+rl", "rl")):
+                self.problems.append(Problem(f"eval.models[{m.label}]", "this label names one of the pipeline's own "
+                                             "models (base, sft, sft+rl, rl): choose another"))
             self.evaluation(cfg.eval.models)
 
     def _sft_rows(self, stages: Sequence[str]) -> None:
@@ -234,12 +286,31 @@ class _Checks:
 
     def _endpoint(self, key: str, spec: dict[str, Any]) -> None:
         self.endpoints.append(Endpoint(f"{key}.base_url", spec.get("base_url"),
-                                       spec.get("api_key_env", "OPENAI_API_KEY")))
+                                       spec.get("api_key_env", "OPENAI_API_KEY"), str(spec.get("model") or "")))
 
     def tracking(self) -> None:
         from clinical_rl.tracking import require_wandb_login
 
         self.attempt("tracking.wandb_mode", lambda: require_wandb_login(self.cfg.tracking))
+
+
+class _Keyed(Exception):
+    """An error found while checking one key that belongs to another (the data a teacher check had to load)."""
+
+    def __init__(self, key: str, error: Exception) -> None:
+        super().__init__(key, error)
+        self.key, self.error = key, error
+
+
+def _kb_covers(cases: list) -> None:
+    """Raises ValueError when the knowledge-base teacher can write a row for none of `cases`."""
+    from clinical_rl.synthesis.kb_teacher import kb_coverage
+
+    taught, untaught = kb_coverage(cases)
+    if not taught:
+        raise ValueError(f"knowledge_base writes rows only for the built-in diseases, and has none of the "
+                         f"{len(cases)} cases of synthesis.path ({'; '.join(untaught)}); use synthesis.teacher=search "
+                         "with a synthesizer (synthesis.model or synthesis.engine_model)")
 
 
 def _no_rows(path: Path) -> None:
@@ -274,3 +345,17 @@ def reach(endpoint: Endpoint) -> None:
         raise ConnectionError(f"{base} {why} (HTTP {response.status_code}); {SKIP_HINT}")
     if response.status_code >= 500:
         raise ConnectionError(f"{base} answers HTTP {response.status_code}; {SKIP_HINT}")
+    served = _served_models(response)
+    if endpoint.model and served is not None and endpoint.model not in served:
+        raise ConnectionError(f"{base} does not serve {endpoint.model!r} (it serves: {', '.join(served[:8]) or 'none'}"
+                              f"{', ...' if len(served) > 8 else ''}); {SKIP_HINT}")
+
+
+def _served_models(response: Any) -> list[str] | None:
+    """The model ids of an OpenAI-style `/models` answer; None when the answer is not one (not every server
+    lists its models, so then nothing is concluded)."""
+    try:
+        data = response.json()["data"]
+        return [str(m["id"]) for m in data]
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -3,7 +3,9 @@ command before Ray or any actor starts, all problems at once, each naming its ke
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import json
 import threading
 from pathlib import Path
 
@@ -98,14 +100,28 @@ def test_synth_needs_a_synthesizer(no_ray, tmp_path, capsys):
                                    "local model, or synthesis.teacher=knowledge_base)"]
 
 
+SERVED: list[str] | None = None  # what the stub lists; None: an answer without a model list
+
+
+@contextlib.contextmanager
+def served(models: list[str]):
+    global SERVED
+    SERVED = models
+    try:
+        yield
+    finally:
+        SERVED = None
+
+
 class _Models(http.server.BaseHTTPRequestHandler):
-    """GET /v1/models: 200 with the right bearer key, 401 otherwise."""
+    """GET /v1/models: 200 with the right bearer key (listing SERVED), 401 otherwise."""
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         ok = self.path == "/v1/models" and self.headers.get("Authorization") == "Bearer right"
         self.send_response(200 if ok else 401)
         self.end_headers()
-        self.wfile.write(b'{"data": []}')
+        body = {"data": [{"id": m} for m in SERVED]} if SERVED is not None else {"object": "list"}
+        self.wfile.write(json.dumps(body).encode())
 
     def log_message(self, *_args):
         pass
@@ -143,3 +159,68 @@ def test_a_dead_endpoint_is_named_and_the_check_can_be_skipped(no_ray, tmp_path)
     assert str(problem).startswith(f"eval.models[gpt].base_url: {dead} does not answer (ConnectError")
     assert problem.message.endswith("--skip-endpoint-check skips this check")
     assert find_problems(cfg, "eval", endpoints=False) == []
+
+
+def test_labels_and_names_must_be_unique(no_ray, tmp_path, capsys):
+    # Seen: two benchmarks named by the same file stem, two models under one label, were merged into one row.
+    for d in ("d1", "d2"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "cases.jsonl").write_text('{"question": "Cough and fever.", "answer": "Pneumonia"}\n')
+    code = main(["eval", "--model", "x=embedded", "--model", "x=embedded", "--benchmark", str(tmp_path / "d1" /
+                 "cases.jsonl"), "--benchmark", str(tmp_path / "d2" / "cases.jsonl"), f"output_dir={tmp_path}"])
+    assert code == 2
+    assert problems_of(capsys) == [
+        "--model: the label 'x' is given 2 times; each needs its own label (--model LABEL=PATH, --benchmark "
+        "NAME=PATH)",
+        "--benchmark: the name 'cases' is given 2 times; each needs its own name (--model LABEL=PATH, --benchmark "
+        "NAME=PATH)",
+    ]
+
+
+@pytest.mark.parametrize("spec,why", [
+    ("=embedded", "empty label"), ("x=", "empty path"), ("x=openai:", "needs a model name"),
+    ("x=openai:m@", "needs a model name and a base URL after @"),
+])
+def test_a_malformed_model_spec_is_refused(no_ray, spec, why, capsys):
+    assert main(["eval", "--model", spec]) == 2
+    err = capsys.readouterr().err
+    assert f"--model {spec!r}: " in err and why in err
+
+
+def test_the_endpoint_must_serve_the_model_asked_for(models_server, monkeypatch):
+    monkeypatch.setenv("MY_KEY", "right")
+    reach(Endpoint("eval.models[gpt].base_url", models_server, "MY_KEY", "gpt-4o"))  # lists none: not concluded
+    with served(["qwen", "llama"]):
+        with pytest.raises(ConnectionError, match=r"does not serve 'gpt-4o' \(it serves: qwen, llama\)"):
+            reach(Endpoint("eval.models[gpt].base_url", models_server, "MY_KEY", "gpt-4o"))
+        reach(Endpoint("eval.models[gpt].base_url", models_server, "MY_KEY", "qwen"))
+
+
+def test_serve_reward_and_verifier_audit_name_a_bad_kwarg(no_ray, tmp_path, capsys):
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text("")
+    for argv in (["verifier-audit", "--pairs", str(pairs)], ["serve-reward", "--port", "1"]):
+        assert main([*argv, "reward.kwargs.on_undecidd=x"]) == 2
+        assert problems_of(capsys) == ["reward.kwargs.on_undecidd: unknown key"]
+
+
+def test_plan_for_eval_checks_no_rl_layout_and_plan_sees_this_machines_cpus(no_ray, capsys, monkeypatch):
+    assert main(["plan", "--for", "eval", "placement.cpus_per_node=1"]) == 1
+    captured = capsys.readouterr()
+    assert "placement group" not in captured.out and "does not fit" not in captured.err  # eval starts no RL roles
+    assert "eval.models: empty" in captured.err
+    # ray.num_cpus unset: a local run gets this machine's CPUs, and the default layout (3.75 CPUs) needs more
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert main(["plan"]) == 1
+    assert "bundle 2 {'CPU': 1.0} does not fit on any of the 1 nodes (2.0 CPUs each" in capsys.readouterr().err
+
+
+def test_the_knowledge_base_teacher_on_cases_it_does_not_know_is_not_ready(no_ray, tmp_path, capsys):
+    # Seen: `plan` said ready, then `synth` wrote 0 rows and said "no call got a reply", to be retried forever.
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text('{"id": "u0", "question": "Pain in the left toe.", "answer": "Appendicitis of the left toe"}\n')
+    assert main(["synth", "synthesis.teacher=knowledge_base", f"synthesis.path={cases}", f"output_dir={tmp_path}"]) == 2
+    [problem] = problems_of(capsys)
+    assert problem.startswith("synthesis.teacher: knowledge_base writes rows only for the built-in diseases, and has "
+                              "none of the 1 cases of synthesis.path (case 'u0': the knowledge base has no entry for "
+                              "'Appendicitis of the left toe')")

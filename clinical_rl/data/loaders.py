@@ -2,9 +2,10 @@
 CSV / Parquet / HF-datasets files -> `list[Case]`.
 
 Every loader returns `Case`s and fails on the first bad row with a `CaseFormatError` that names the file, where the
-record is (JSONL: the physical line; JSON: the line where the record starts; CSV: the line where the record starts;
-Parquet and HF datasets: the row index) and the field. Rows are skipped only by an explicit, documented rule
-(CMB-Clin cases without a diagnosis question), and the count and reason of every skip is logged.
+record is (JSONL: the physical line; JSON: the line where the record starts and its index or key; CSV: the line
+where the record starts; Parquet and HF datasets: the row index) and the field. Rows are skipped only by an
+explicit, documented rule (CMB-Clin cases without a diagnosis question), and the count and reason of every skip is
+logged.
 
 Generic formats take a field mapping (`fields.py`): `{schema_field: source_column}`, or per field `null` (not read),
 `{column: ..., join: ..., values: {...}}` (a renamed column; a list joined, values replaced) or `{template: "{age}
@@ -15,6 +16,7 @@ name, and absent optional columns leave the field at its default.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -72,13 +74,8 @@ def load_cases(
         FileNotFoundError: `path` does not exist.
         CaseFormatError: a malformed record (naming the file, line or row, field and column) or no cases at all.
     """
-    if fmt == "auto":
-        fmt = detect_format(path)
-    if fmt not in FORMATS:
+    if fmt != "auto" and fmt not in FORMATS:
         raise ValueError(f"unknown data format {fmt!r}; valid formats: auto, {', '.join(FORMATS)}")
-    if fields and fmt not in GENERIC_FORMATS:
-        raise ValueError(f"a field mapping applies only to the generic formats ({', '.join(GENERIC_FORMATS)}), "
-                         f"not to {fmt!r}")
     if language is not None and language not in ("zh", "en"):
         raise ValueError(f"language override {language!r} is not 'zh' or 'en'")
     if limit is not None and limit < 1:
@@ -86,12 +83,17 @@ def load_cases(
     unknown = sorted(set(departments or ()) - set(DEPARTMENTS))
     if unknown:
         raise ValueError(f"unknown departments {unknown}; valid: {', '.join(DEPARTMENTS)}")
+    if fmt != "builtin" and not (fmt == "auto" and str(path) == "builtin"):
+        check_exists(Path(path))  # before telling the format by the name: a missing file is the first thing to fix
+    if fmt == "auto":
+        fmt = detect_format(path)
+    if fields and fmt not in GENERIC_FORMATS:
+        raise ValueError(f"a field mapping applies only to the generic formats ({', '.join(GENERIC_FORMATS)}), "
+                         f"not to {fmt!r}")
     if fmt == "builtin":
         cases = load_builtin(seed, (language,) if language else ("en", "zh"), departments, builtin_per_disease)
     else:
         file = Path(path)
-        if not file.exists():
-            raise FileNotFoundError(f"data.path: no such file or directory {file}")
         if fmt in NAMED_FORMATS:
             cases = _NAMED[fmt](file)
         else:
@@ -108,6 +110,19 @@ def load_cases(
         log.info("%s: keeping the first %d of %d cases (limit)", path, limit, len(cases))
         cases = cases[:limit]
     return cases
+
+
+def check_exists(file: Path) -> None:
+    """Raises FileNotFoundError naming `file`; for a relative path, also the directory it was looked for in.
+
+    Raises:
+        FileNotFoundError: `file` does not exist.
+    """
+    if file.exists():
+        return
+    where = "" if file.is_absolute() else (f" (looked in {Path.cwd()}: paths are relative to the directory the "
+                                           "command runs in)")
+    raise FileNotFoundError(f"data.path: no such file or directory {file}{where}")
 
 
 def detect_format(path: str | Path) -> str:
@@ -158,9 +173,31 @@ def load_jsonl(file: Path, columns: dict[str, Column]) -> list[Case]:
 
 
 def load_json(file: Path, columns: dict[str, Column]) -> list[Case]:
-    """A JSON array of objects, or an object of objects (the key is the default id)."""
+    """A JSON array of objects, or an object of objects (the key is the default id).
+
+    Raises:
+        CaseFormatError: as `rows.json_records`; an object whose values are not all objects (one case, or a
+            wrapper such as {"data": [...]}), naming its keys and how to extract the list; a malformed record.
+    """
+    records = json_records(file, top="any")
+    if records and records[0][1] is not None and not all(isinstance(row, dict) for _, _, row in records):
+        raise _not_records(file, {key: row for _, key, row in records})
     return [row_to_case(row, where, columns, key if key is not None else f"{file.stem}-{i}", "en", file.name)
-            for i, (where, key, row) in enumerate(json_records(file, top="any"))]
+            for i, (where, key, row) in enumerate(records)]
+
+
+def _not_records(file: Path, data: dict) -> CaseFormatError:
+    """The error for a JSON object that is not an object of records: it names the keys, and for a wrapper the `jq`
+    command that saves the list inside (without it the error would be about its first value, "found list")."""
+    keys = ", ".join(map(repr, list(data)[:12])) + (", ..." if len(data) > 12 else "")
+    lists = [key for key, value in data.items() if isinstance(value, list)]
+    if lists:
+        how = f"for {{{json.dumps(lists[0])}: [...]}}, save that list as the file: jq '.[{json.dumps(lists[0])}]' " \
+              f"{file.name} > cases.json"
+    else:
+        how = "for a single case, put it in a list: [{...}]"
+    return CaseFormatError(f"{file}:1: a JSON file must be a list of case objects, or an object of case objects keyed "
+                           f"by id (found an object with keys: {keys}; {how})")
 
 
 def load_csv(file: Path, columns: dict[str, Column]) -> list[Case]:

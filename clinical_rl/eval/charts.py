@@ -1,5 +1,8 @@
 """Bar charts of the evaluation's `GroupRow`s as PNGs: per department, per language, overall per model.
 
+A group whose predictions all failed gets no bar but an "all failed" marker in its model's colour; where value
+labels are drawn, a bar whose group had failures says how many under its value (they count as not correct).
+
 Charts use `matplotlib.figure.Figure` with the Agg canvas, so nothing global (pyplot state, backend) changes.
 Their text is English only: the default fonts lack CJK glyphs, so characters the font cannot draw are replaced.
 """
@@ -10,7 +13,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from clinical_rl.eval.records import GroupRow
 from clinical_rl.eval.report_base import (
@@ -52,23 +55,40 @@ def _model_colors(models: Sequence[str]) -> dict[str, Any]:
     return {m: palette[i % len(palette)] for i, m in enumerate(models)}
 
 
+class _Series(NamedTuple):
+    """One series' bars: x positions, heights (%), CI whiskers below and above (%) and errors per bar; and the x
+    positions of its groups whose predictions all failed, which get a marker instead of a bar."""
+
+    xs: list[float]
+    heights: list[float]
+    lows: list[float]
+    highs: list[float]
+    errors: list[int]
+    failed: list[float]
+
+
 def _series_bars(groups: Sequence[str], lookup: Callable[[str], GroupRow | None], position: int,
-                 bar_width: float) -> tuple[list[float], list[float], list[float], list[float]]:
-    """One series' bars: x positions, heights (%) and the CI whiskers below and above (%); groups without an
-    accuracy get no bar, rows without an interval (too few cases, `Estimate.has_interval`) NaN whiskers, which
-    matplotlib leaves undrawn: no error bar rather than a zero-width one that reads as certainty."""
-    xs, heights, lows, highs = [], [], [], []
+                 bar_width: float) -> _Series:
+    """One series' bars. Groups without an accuracy get no bar: absent ones nothing, those whose predictions all
+    failed a marker (`failed`), since a 0% bar would claim a measurement. Rows without an interval (too few cases,
+    `Estimate.has_interval`) get NaN whiskers, which matplotlib leaves undrawn: no error bar rather than a
+    zero-width one that reads as certainty."""
+    out = _Series([], [], [], [], [], [])
     for j, group in enumerate(groups):
         row = lookup(group)
+        x = j - 0.4 + bar_width * (position + 0.5)
+        if row is not None and row.all_failed:
+            out.failed.append(x)
         if not has_accuracy(row):
             continue
         assert row is not None
         est = row.accuracy
-        xs.append(j - 0.4 + bar_width * (position + 0.5))
-        heights.append(100 * est.value)
-        lows.append(max(0.0, 100 * (est.value - est.low)) if est.has_interval else math.nan)
-        highs.append(max(0.0, 100 * (est.high - est.value)) if est.has_interval else math.nan)
-    return xs, heights, lows, highs
+        out.xs.append(x)
+        out.heights.append(100 * est.value)
+        out.lows.append(max(0.0, 100 * (est.value - est.low)) if est.has_interval else math.nan)
+        out.highs.append(max(0.0, 100 * (est.high - est.value)) if est.has_interval else math.nan)
+        out.errors.append(row.errors)
+    return out
 
 
 def _style_axes(ax: Any, groups: Sequence[str], *, title: str, xlabel: str, rotate: bool) -> None:
@@ -116,12 +136,12 @@ def _grouped_bars(
     ax = fig.add_subplot()
     bar_width = 0.8 / len(series)
     for i, name in enumerate(series):
-        xs, heights, lows, highs = _series_bars(groups, lambda group: lookup(group, name), i, bar_width)
+        bars = _series_bars(groups, lambda group: lookup(group, name), i, bar_width)
         ax.bar(
-            xs,
-            heights,
+            bars.xs,
+            bars.heights,
             bar_width * 0.92,
-            yerr=[lows, highs] if xs else None,
+            yerr=[bars.lows, bars.highs] if bars.xs else None,
             capsize=max(1.5, 4.0 - 0.5 * len(series)),
             color=colors[name],
             edgecolor="white",
@@ -130,10 +150,14 @@ def _grouped_bars(
             label=_plain(name),
         )
         if value_labels:
-            for x, h, hi in zip(xs, heights, highs, strict=True):  # above the CI whisker, not inside it
-                top = h if math.isnan(hi) else h + hi
-                ax.annotate(f"{h:.1f}", (x, top), xytext=(0, 2), textcoords="offset points",
+            for x, h, hi, errors in zip(bars.xs, bars.heights, bars.highs, bars.errors, strict=True):
+                top = h if math.isnan(hi) else h + hi  # above the CI whisker, not inside it
+                label = f"{h:.1f}\n{errors} failed" if errors else f"{h:.1f}"  # failures count as wrong: say so
+                ax.annotate(label, (x, top), xytext=(0, 2), textcoords="offset points",
                             ha="center", va="bottom", fontsize=7)
+        for x in bars.failed:  # always marked, value labels or not: an unexplained gap reads as missing data
+            ax.annotate("all failed", (x, 0), xytext=(0, 3), textcoords="offset points", rotation=90,
+                        ha="center", va="bottom", fontsize=7, color=colors[name])
     _style_axes(ax, groups, title=title, xlabel=xlabel, rotate=rotate)
     fig.tight_layout()
     try:

@@ -23,7 +23,8 @@ from clinical_rl.eval.report_base import (
 __all__ = ["log_to_wandb"]
 
 ROW_COLUMNS = [
-    "benchmark", "model", "kind", "group", "accuracy", "ci_low", "ci_high", "n", "distinct_diagnoses", "distinct_icd10"
+    "benchmark", "model", "kind", "group", "accuracy", "ci_low", "ci_high", "n", "errors", "distinct_diagnoses",
+    "distinct_icd10",
 ]
 PREDICTION_COLUMNS = [
     "benchmark", "model", "case_id", "department", "language", "reference", "extracted", "verdict", "path"
@@ -39,6 +40,13 @@ def _nullable(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _percentages(row: GroupRow) -> list[float | None]:
+    """Accuracy, CI low and CI high in percent; null where not finite, all three where the row has no accuracy
+    (every prediction failed: 0% would read as measured)."""
+    est = row.accuracy
+    return [_nullable(100 * x) if has_accuracy(row) else None for x in (est.value, est.low, est.high)]
+
+
 def log_to_wandb(
     rows: Sequence[GroupRow],
     predictions: Iterable[Prediction],
@@ -48,10 +56,12 @@ def log_to_wandb(
 ) -> None:
     """Log the evaluation to an active W&B run, under `eval/...`.
 
-    `eval/summary` (a table of the rows, accuracy in percent), `eval/predictions` (one row per prediction),
+    `eval/summary` (a table of the rows, accuracy in percent with the group's errors beside it; null where all
+    its predictions failed), `eval/predictions` (one row per prediction),
     per benchmark `eval/<benchmark>/accuracy_by_model` and `eval/<benchmark>/accuracy_by_department` bar plots,
     and the chart PNGs as `eval/charts/<name>` images (rendered to a temp dir unless `charts` is given).
-    Overall accuracies also go to the run summary as `eval/<benchmark>/<model>/accuracy`.
+    Overall accuracies also go to the run summary as `eval/<benchmark>/<model>/accuracy`. A group whose
+    predictions all failed has no accuracy (`has_accuracy`): no bar and no summary value, only its table row.
     """
     import wandb
 
@@ -75,8 +85,8 @@ def _tables(rows: Sequence[GroupRow], predictions: Iterable[Prediction]) -> dict
         data=[
             [
                 r.benchmark, r.model, r.kind, r.group,
-                _nullable(100 * r.accuracy.value), _nullable(100 * r.accuracy.low), _nullable(100 * r.accuracy.high),
-                r.accuracy.n, r.distinct_diagnoses, r.distinct_icd10,
+                *_percentages(r),
+                r.accuracy.n, r.errors, r.distinct_diagnoses, r.distinct_icd10,
             ]
             for r in rows
         ],

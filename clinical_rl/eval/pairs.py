@@ -1,12 +1,15 @@
 """Each (model, benchmark) pair's predictions, kept as soon as they are judged, so that a crash loses at most the
 pair in progress and a rerun skips the pairs already done.
 
-    <out_dir>/predictions/<model>-<h>/<benchmark>-<h>.jsonl       the pair's predictions (`read_predictions`)
-    <out_dir>/predictions/<model>-<h>/<benchmark>-<h>.done.json   what produced them, written after them
+    <out_dir>/predictions/<model>-<hash8>/<benchmark>-<hash8>.jsonl       the pair's predictions (`read_predictions`)
+    <out_dir>/predictions/<model>-<hash8>/<benchmark>-<hash8>.done.json   what produced them, written after them
 
-A name is the label made file-safe plus 8 hex digits of the label's SHA-256 (`<h>`): labels are user text, and two
-that differ only in characters a file name cannot hold, or only in case on a case-insensitive file system, must
-not share a file.
+`<model>` and `<benchmark>` are the labels made file-safe (`file_slug`: each run of characters other than
+`A-Za-z0-9._-` becomes `_`, leading and trailing `.`/`_` are dropped, `model` / `benchmark` when nothing is left);
+each `<hash8>` is the first 8 hex digits of the SHA-256 of that same label's UTF-8 bytes, so the two hashes differ:
+model `rl/v1` on benchmark `medqa` is `predictions/rl_v1-7c63316d/medqa-c6a95176.jsonl`. Labels are user text,
+and two that differ only in characters a file name cannot hold, or only in case on a case-insensitive file system,
+must not share a file.
 
 The `.done.json` record holds the inputs that determine the predictions (`pair_inputs`) and the SHA-256 of the
 predictions file. A rerun reuses the predictions only when the inputs are equal and the file is the one the record
@@ -99,6 +102,7 @@ def _cases_digest(cases: Sequence[Case]) -> str:
 
 
 def _safe_name(label: str, fallback: str) -> str:
+    """`<slug>-<hash8>` of the module docstring: `label` file-safe, then 8 hex digits of its SHA-256."""
     return f"{file_slug(label, fallback)}-{hashlib.sha256(label.encode()).hexdigest()[:8]}"
 
 
@@ -112,7 +116,9 @@ class Stored:
 
 
 class PairFiles:
-    """The two files of one (model, benchmark) pair under `out_dir` (see the module docstring)."""
+    """The two files of one (model, benchmark) pair under `out_dir`: the predictions at
+    `predictions/<model>-<hash8>/<benchmark>-<hash8>.jsonl` and their `.done.json` record beside them (see the
+    module docstring)."""
 
     def __init__(self, out_dir: Path, model: str, benchmark: str) -> None:
         directory = Path(out_dir) / PREDICTIONS_DIR / _safe_name(model, "model")

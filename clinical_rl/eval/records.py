@@ -59,7 +59,8 @@ class Estimate:
 
 @dataclass(frozen=True)
 class GroupRow:
-    """Accuracy of one model on one benchmark for one group (overall, a department or a language)."""
+    """Accuracy of one model on one benchmark for one group (overall, a department or a language), and how many
+    of its predictions were errors."""
 
     benchmark: str
     model: str
@@ -68,6 +69,15 @@ class GroupRow:
     accuracy: Estimate
     distinct_diagnoses: int  # distinct normalised references in the group
     distinct_icd10: int  # distinct ICD-10 codes (0 when cases carry none)
+    # Predictions with verdict "error" (a failed request or judge). They count as not correct, so every place that
+    # shows the accuracy shows them beside it; a default, so that rows built without predictions still construct.
+    errors: int = 0
+
+    @property
+    def all_failed(self) -> bool:
+        """Every prediction of the group is an error: nothing about the model was measured, so it has no
+        accuracy to show (`summarize` gives it NaN value and bounds), only the count of failures."""
+        return self.accuracy.n > 0 and self.errors >= self.accuracy.n
 
 
 @dataclass(frozen=True)

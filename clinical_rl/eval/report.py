@@ -26,6 +26,7 @@ from clinical_rl.eval.report_base import (
     benchmark_order,
     department_label,
     department_order,
+    has_accuracy,
     index_rows,
     language_label,
     language_order,
@@ -122,13 +123,23 @@ def _pct(x: float) -> str:
 
 
 def format_accuracy(row: GroupRow | None, *, with_n: bool = False) -> str:
-    """`62.5 [55.1, 69.8]` (percent with its 95% CI), optionally followed by ` (n=40)`; without the brackets when
-    the row has no interval (too few cases, `Estimate.has_interval`); `—` when absent."""
+    """`62.5 [55.1, 69.8]` (percent with its 95% CI), without the brackets when the row has no interval (too few
+    cases, `Estimate.has_interval`); then in parentheses `n=40` when `with_n`, and `3 failed` when some of the
+    group's predictions were errors, which count as not correct: `45.0 [23.1, 66.9] (n=20, 3 failed)`.
+
+    A group whose predictions all failed has no accuracy: `— (20 of 20 failed)`. `—` alone when absent."""
     if row is None:
         return _MISSING
     est = row.accuracy
+    if row.all_failed:
+        return f"{_MISSING} ({row.errors} of {est.n} failed)"
+    if not has_accuracy(row):
+        return _MISSING
     text = f"{_pct(est.value)} [{_pct(est.low)}, {_pct(est.high)}]" if est.has_interval else _pct(est.value)
-    return f"{text} (n={est.n})" if with_n else text
+    notes = [f"n={est.n}"] if with_n else []
+    if row.errors:
+        notes.append(f"{row.errors} failed")
+    return f"{text} ({', '.join(notes)})" if notes else text
 
 
 def _cell(text: Any) -> str:
@@ -199,6 +210,11 @@ def markdown_report(
         "with so few cases a bootstrap interval says nothing. Departments follow ClinicalGPT-R1's grouping of "
         "ICD-10 codes."
     )
+    if any(r.errors for r in rows):
+        # said once, above the tables, so that the cells can stay short
+        lines += ["", "`k failed` beside an accuracy: k of the group's cases got no answer or no judgement (a "
+                  "failed request or judge, see Outcomes); they count as not correct. `— (k of k failed)`: every "
+                  "case failed, so nothing was measured and there is no accuracy."]
     if not rows:
         lines += ["", "_No results._"]
     for benchmark in benchmark_order(rows):
@@ -282,6 +298,15 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def _group_json(row: GroupRow) -> dict[str, Any]:
+    """One accuracy row for summary.json: non-finite numbers null, and value, low and high null where every
+    prediction failed (`summarize` already makes them NaN; a row built otherwise must not read as 0% either)."""
+    data = _finite(asdict(row))
+    if row.all_failed:
+        data["accuracy"] |= {"value": None, "low": None, "high": None}
+    return data
+
+
 def _write_text(path: Path, text: str) -> Path:
     """`text` written to `path` atomically; returns `path`."""
     with atomic_file(path) as f:
@@ -300,7 +325,8 @@ def write_report(
 ) -> Path:
     """Write `predictions.jsonl`, `summary.json`, `charts/*.png` and `report.md` (last) under `out_dir`.
 
-    summary.json: {"groups": accuracy rows (interval bounds null where a group has none), "outcomes": per
+    summary.json: {"groups": accuracy rows with their n and errors (interval bounds null where a group has none;
+    value too where all its predictions failed), "outcomes": per
     benchmark and model n, errors, undecided, no_answer, answered, first_error, error_frac and format_rate,
     "models": [{label, path, base_url, model}], "benchmarks": [{name, path, n}], "config_hash", "version",
     "min_interval_n"} -- the last five from `provenance`.
@@ -317,7 +343,7 @@ def write_report(
     predictions = list(predictions)
     outcomes = count_outcomes(predictions)
     write_predictions(predictions, out_dir / "predictions.jsonl")
-    summary = {"groups": [_finite(asdict(row)) for row in rows],
+    summary = {"groups": [_group_json(row) for row in rows],
                "outcomes": [asdict(o) | {"error_frac": o.error_frac, "format_rate": o.format_rate} for o in outcomes],
                **asdict(provenance)}
     _write_text(out_dir / "summary.json", json.dumps(summary, ensure_ascii=False, indent=2, allow_nan=False) + "\n")

@@ -103,8 +103,11 @@ def index_rows(rows: Sequence[GroupRow]) -> dict[tuple[str, str, str, str], Grou
 
 
 def has_accuracy(row: GroupRow | None) -> bool:
-    """A row with cases and a finite accuracy: something to draw or log."""
-    return row is not None and row.accuracy.n > 0 and math.isfinite(row.accuracy.value)
+    """A row with cases, a finite accuracy and not all of them failed (`GroupRow.all_failed`): something to show,
+    draw or log. The failure check does not rely on `summarize` having set such a row's value to NaN, so that a
+    row built otherwise (a test, an older caller) is not shown as 0% either."""
+    return (row is not None and row.accuracy.n > 0 and math.isfinite(row.accuracy.value)
+            and not row.all_failed)
 
 
 def department_label(department: str) -> str:

@@ -8,6 +8,7 @@
             keep the pair's predictions                           # a crash later loses none of them
     rows = summarize(predictions)              # accuracy per department / language, bootstrap 95% CIs
     write_report(rows, predictions)            # report.md, charts/*.png, predictions.jsonl, summary.json
+    log to W&B when tracking is on             # its local files in out_dir/wandb/
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def run_eval(cfg: RunConfig, models: Sequence[EvalModelConfig] | None = None,
                             config_hash(cfg), importlib.metadata.version("clinical_rl"), ev.min_interval_n)
     history = read_metrics(training_metrics) if training_metrics is not None else None
     report = write_report(rows, predictions, out_dir, provenance=provenance, training_history=history)
-    _log_to_wandb(cfg, rows, predictions)
+    _log_to_wandb(cfg, rows, predictions, out_dir)
     return EvalResult(report, rows, predictions, count_outcomes(predictions))
 
 
@@ -293,16 +294,18 @@ def _judge(ev: EvalConfig) -> LLMJudge | None:
     return build_judge(JudgeConfig.model_validate(ev.judge)) if ev.judge is not None else None
 
 
-def _log_to_wandb(cfg: RunConfig, rows: list[GroupRow], predictions: list[Prediction]) -> None:
+def _log_to_wandb(cfg: RunConfig, rows: list[GroupRow], predictions: list[Prediction], out_dir: Path) -> None:
+    """Log the evaluation to a W&B run of its own, whose local files go to `<out_dir>/wandb/`: with the report they
+    belong to, not under `output_dir` (the default run's directory when eval.out_dir points elsewhere)."""
     if cfg.tracking.wandb_mode == "disabled":
         return
     import wandb
 
     from clinical_rl.eval.dashboards import log_to_wandb
 
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)  # wandb.init wants `dir` to exist; it adds the `wandb/` below it
     run = wandb.init(project=cfg.tracking.project, name=f"{cfg.tracking.run_name or 'run'}-eval",
-                     mode=cfg.tracking.wandb_mode, dir=cfg.output_dir, job_type="eval", reinit="finish_previous")
+                     mode=cfg.tracking.wandb_mode, dir=str(out_dir), job_type="eval", reinit="finish_previous")
     try:
         log_to_wandb(rows, predictions, run)
     finally:

@@ -75,7 +75,10 @@ def summarize(predictions: Sequence[Prediction], *, min_interval_n: int, n_resam
     "undecided" (no rule or judge could decide) and "error" (generation or judging failed) all count as not
     correct. Errors are deliberately not dropped: excluding them would reward a model for failing on its hardest
     cases (a crash or a truncated answer is a failed case for the user too) and would make rows of different
-    models cover different cases. Count errors separately from `Prediction.verdict` to see how many there were.
+    models cover different cases. Each row carries its number of errors (`GroupRow.errors`), so that whoever
+    shows the accuracy can show them beside it. A group whose predictions are ALL errors gets no accuracy (NaN
+    value and bounds, its n and errors kept): 0% would claim the model was measured and got everything wrong,
+    when in truth no answer was obtained (a dead endpoint, say).
 
     `distinct_diagnoses`: distinct normalised references (`normalize_answer`); `distinct_icd10`: distinct ICD-10
     codes after `normalize_icd10` among predictions that carry one (codes it does not know are not counted).
@@ -98,7 +101,10 @@ def summarize(predictions: Sequence[Prediction], *, min_interval_n: int, n_resam
         for kind, group, members in groups:
             codes = {normalize_icd10(p.icd10) for p in members if p.icd10 and p.icd10.strip()}
             accuracy = bootstrap_ci([p.correct for p in members], n_resamples=n_resamples, seed=seed)
-            if accuracy.n < min_interval_n:
+            errors = sum(p.verdict == "error" for p in members)
+            if errors == accuracy.n:  # nothing measured (members is never empty, so n > 0 here)
+                accuracy = Estimate(math.nan, math.nan, math.nan, accuracy.n)
+            elif accuracy.n < min_interval_n:
                 accuracy = replace(accuracy, low=math.nan, high=math.nan)
             rows.append(GroupRow(
                 benchmark=benchmark,
@@ -108,6 +114,7 @@ def summarize(predictions: Sequence[Prediction], *, min_interval_n: int, n_resam
                 accuracy=accuracy,
                 distinct_diagnoses=len({normalize_answer(p.reference) for p in members}),
                 distinct_icd10=len(codes - {None}),
+                errors=errors,
             ))
     return rows
 

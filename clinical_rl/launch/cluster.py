@@ -117,6 +117,17 @@ def with_cluster_shape(cfg: RunConfig) -> RunConfig:
     return cfg.model_copy(update={"placement": cfg.placement.model_copy(update=update)})
 
 
+def local_cluster_shape(cfg: RunConfig) -> RunConfig:
+    """`cfg` as `with_cluster_shape` will see it once connected, for a plan made before: where `ray.address` is
+    unset the run starts a one-node cluster here, with `ray.num_cpus` CPUs or this machine's count. A config that
+    joins a cluster is returned as it is (its shape is the placement section's)."""
+    if cfg.ray.address is not None:
+        return cfg
+    local = {"num_nodes": 1, "cpus_per_node": float(cfg.ray.num_cpus or os.cpu_count() or 1)}
+    update = {key: value for key, value in local.items() if key not in cfg.placement.model_fields_set}
+    return cfg.model_copy(update={"placement": cfg.placement.model_copy(update=update)})
+
+
 def _restore_sigterm(previous: object) -> None:
     """Put a Python SIGTERM handler back over the one `ray.init` leaves (module docstring), so SIGTERM unwinds the
     driver (its `finally` blocks stop the actors and Ray) however long that takes: the caller's handler if it had

@@ -66,7 +66,12 @@ def checkpoints_dir(output_dir: str | Path) -> Path:
 
 
 def latest_checkpoint(output_dir: str | Path) -> Checkpoint | None:
-    """The checkpoint `latest` points to, or None when the run has none yet."""
+    """The checkpoint `latest` points to, or None when the run has none yet.
+
+    Raises:
+        FileNotFoundError: `latest` names a checkpoint without its state.json.
+        ValueError: state.json is not a checkpoint state (naming the file).
+    """
     root = checkpoints_dir(output_dir)
     pointer = root / LATEST
     if not pointer.is_file():
@@ -76,7 +81,11 @@ def latest_checkpoint(output_dir: str | Path) -> Checkpoint | None:
     if not state_file.is_file():
         raise FileNotFoundError(f"{pointer} names {directory.name}, which has no {STATE}: delete {pointer} to start "
                                 f"over, or point it at an earlier complete checkpoint")
-    return Checkpoint(directory, DriverState(**json.loads(state_file.read_text())))
+    try:
+        return Checkpoint(directory, DriverState(**json.loads(state_file.read_text())))
+    except (ValueError, TypeError) as err:  # state.json is written atomically: only a hand edit breaks it
+        raise ValueError(f"{state_file}: not a checkpoint state ({err}); point {pointer} at an earlier complete "
+                         "checkpoint, or set resume=false to start over") from None
 
 
 def save_checkpoint(output_dir: str | Path, roles: Roles, state: DriverState, keep: int) -> Path:

@@ -13,6 +13,7 @@ LLM writes. `synthesis.teacher: search` is the paper's recipe.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from clinical_rl.data.cases import Case
@@ -62,9 +63,19 @@ class ShownFindings:
 def stated_findings(question: str, language: str, diseases: tuple[Disease, ...]) -> set[str]:
     """The knowledge-base findings `question` states verbatim (the generator writes them so), longest first: a
     finding inside a longer one ("wheeze" in "episodes of wheeze and chest tightness") is not stated by itself."""
+    return _stated(question, _finding_texts(language, diseases))
+
+
+def _finding_texts(language: str, diseases: tuple[Disease, ...]) -> list[str]:
+    """Every finding text in `language`, longest first (ties alphabetically, so that the order never depends on
+    set iteration)."""
     texts = {t.get(language) for d in diseases for t in (*d.symptoms, *d.exam, *d.labs, *d.risk_factors)}
+    return sorted(texts, key=lambda text: (-len(text), text))
+
+
+def _stated(question: str, texts: list[str]) -> set[str]:
     stated, remaining = set(), question
-    for text in sorted(texts, key=len, reverse=True):
+    for text in texts:
         if text in remaining:
             stated.add(text)
             remaining = remaining.replace(text, "\0")
@@ -98,8 +109,8 @@ def teach_case(case: Case, diseases: tuple[Disease, ...] | None = None) -> Synth
                      "attempts": 1, "started_at": started_at, "errors": []}
     stated = stated_findings(case.question, case.language, diseases)
     own = shown_findings(disease, stated, case.language) if disease else None
-    if disease is None or own is None or not own.all:
-        reason = "reference is not a knowledge-base disease" if disease is None else "case shows none of its findings"
+    reason = untaught_reason(case, disease, own)
+    if reason is not None:
         lineage.update(verdicts=[], errors=[reason], finished_at=utc_now())
         return SynthesisResult("failed", None, None, True, lineage)
     rivals = differential(disease, stated, case.language, diseases)
@@ -108,6 +119,49 @@ def teach_case(case: Case, diseases: tuple[Disease, ...] | None = None) -> Synth
                    findings=[t.get(case.language) for t in own.all],
                    differential=[(d.id, [t.get(case.language) for t in f]) for d, f in rivals], finished_at=utc_now())
     return SynthesisResult("done", thinking, response, True, lineage)
+
+
+def untaught_reason(case: Case, disease: Disease | None, own: ShownFindings | None) -> str | None:
+    """Why the teacher writes no row for `case` (None: it writes one), given the disease its reference names and
+    that disease's findings its question states: the one rule `teach_case` and `kb_coverage` share."""
+    if disease is None or own is None:
+        return f"the knowledge base has no entry for {case.answer!r}"
+    if not own.all:
+        return (f"the question states none of the knowledge base's findings of {disease.name.get(case.language)!r} "
+                "(it reads them verbatim, as the built-in cases write them)")
+    return None
+
+
+def kb_coverage(cases: Iterable[Case], diseases: tuple[Disease, ...] | None = None,
+                max_examples: int = 3) -> tuple[int, list[str]]:
+    """(how many of `cases` `teach_case` writes a row for, up to `max_examples` of the others as "case 'ID': why",
+    one per distinct reference): for a preflight to say, before a run that would store nothing, that
+    `synthesis.teacher: knowledge_base` can teach only cases whose reference names a knowledge-base disease.
+
+    Pure and without I/O beyond loading the knowledge base (cached) when `diseases` is None; the names and
+    findings are indexed once, so a large file costs one dictionary lookup and one findings scan per case. Rows the
+    filters would drop later are counted as taught.
+
+    Raises:
+        ValueError: only from loading the knowledge base (`load_knowledge_base`) when `diseases` is None.
+    """
+    diseases = load_knowledge_base() if diseases is None else diseases
+    by_name: dict[str, Disease] = {}
+    for disease in diseases:  # the first disease that has a name, as `find_disease` scans them
+        for name in (*disease.names("en"), *disease.names("zh")):
+            by_name.setdefault(normalize_answer(name), disease)
+    texts = {language: _finding_texts(language, diseases) for language in ("en", "zh")}
+    taught, examples, seen = 0, [], set()
+    for case in cases:
+        disease = by_name.get(normalize_answer(case.answer))
+        own = shown_findings(disease, _stated(case.question, texts[case.language]), case.language) if disease else None
+        reason = untaught_reason(case, disease, own)
+        if reason is None:
+            taught += 1
+        elif len(examples) < max_examples and case.answer not in seen:
+            seen.add(case.answer)
+            examples.append(f"case {case.id!r}: {reason}")
+    return taught, examples
 
 
 def differential(disease: Disease, stated: set[str], language: str,

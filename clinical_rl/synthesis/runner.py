@@ -146,7 +146,11 @@ def make_record(case: Case, result: SynthesisResult, state: str, filter_reason: 
 
 
 def _unanswered(result: SynthesisResult) -> bool:
-    """Failed without a single reply (endpoint down, every request timed out): an outage, not a search failure."""
+    """Failed without a single reply (endpoint down, every request timed out): an outage, not a search failure.
+    The knowledge-base teacher calls nothing: its failure (a case it has no entry for) is stored as failed, with
+    the reason, since a rerun cannot do better."""
+    if result.lineage.get("synthesizer") == "knowledge-base":
+        return False
     return result.status == "failed" and not result.lineage.get("verdicts") and not result.lineage.get(
         "approx_tokens_out")
 

@@ -267,13 +267,13 @@ def test_json_array_error_names_the_line_where_the_record_starts(tmp_path):
     path = _write(tmp_path / "bad.json", text)
     with pytest.raises(CaseFormatError) as err:
         load_cases(path)
-    assert f"{path}:5:" in str(err.value) and "'answer'" in str(err.value)
+    assert f"{path}:5: record [1]: field 'answer' is null" in str(err.value)
 
 
 def test_json_object_of_records_error_names_the_line_of_its_key(tmp_path):
     rows = {"r1": {"question": "q", "answer": "a"}, "r2": {"question": "q", "answer": 3}}
     path = _write(tmp_path / "bad.json", json.dumps(rows, indent=2))
-    with pytest.raises(CaseFormatError, match=r"bad.json:6: field 'answer' must be a string, found int"):
+    with pytest.raises(CaseFormatError, match=r"bad.json:6: record 'r2': field 'answer' must be a string, found int"):
         load_cases(path)
     good = {"r1": {"question": "q", "answer": "a"}}
     assert load_cases(_write(tmp_path / "good.json", json.dumps(good)))[0].id == "r1"
@@ -288,45 +288,11 @@ def test_invalid_json_file_names_its_line(tmp_path):
 def test_csv_error_names_the_line_where_the_record_starts(tmp_path):
     text = 'question,answer,options\n"two\nline question",a,\nq,,\n'
     path = _write(tmp_path / "bad.csv", text)
-    with pytest.raises(CaseFormatError, match=r"bad.csv:4: field 'answer' missing"):
+    with pytest.raises(CaseFormatError, match=r"bad.csv:4: field 'answer' is empty$"):
         load_cases(path)
     path = _write(tmp_path / "opts.csv", 'question,answer,options\nq,a,{not json}\n')
     with pytest.raises(CaseFormatError, match=r"opts.csv:2: field 'options' is not a JSON object"):
         load_cases(path)
-
-
-LATIN1_ROW = '{"question": "Fièvre et toux depuis 3 jours", "answer": "Pneumonie"}'
-
-
-@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
-def test_a_data_file_that_is_not_utf8_names_the_line_and_column(tmp_path, suffix):
-    # the bad byte far past the readers' first decoding buffer (8 KiB): the line is the file's, not the buffer's
-    good = [{"question": f"question {i}", "answer": "Asthma"} for i in range(400)]
-    bad = json.loads(LATIN1_ROW)
-    if suffix == ".jsonl":
-        lines = [json.dumps(r, ensure_ascii=False) for r in [*good, bad]]
-        where = "401: not UTF-8 (byte 0xe8 at column 17)"
-    elif suffix == ".json":
-        lines = ["[", *(json.dumps(r) + "," for r in good), json.dumps(bad, ensure_ascii=False), "]"]
-        where = "402: not UTF-8 (byte 0xe8 at column 17)"
-    else:
-        lines = ["question,answer", *(f"{r['question']},{r['answer']}" for r in [*good, bad])]
-        where = "402: not UTF-8 (byte 0xe8 at column 3)"
-    path = tmp_path / f"latin1{suffix}"
-    path.write_bytes("\n".join(lines).encode("latin-1") + b"\n")
-    with pytest.raises(CaseFormatError) as err:
-        load_cases(str(path))
-    assert str(err.value) == f"{path}:{where}; re-save as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-
-
-@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
-def test_data_files_with_a_byte_order_mark_load(tmp_path, suffix):
-    row = json.loads(LATIN1_ROW)
-    text = {".jsonl": LATIN1_ROW, ".json": f"[{LATIN1_ROW}]", ".csv": f"question,answer\n{row['question']},Pneumonie"}
-    path = tmp_path / f"bom{suffix}"
-    path.write_bytes(b"\xef\xbb\xbf" + (text[suffix] + "\r\n").encode())
-    [case] = load_cases(str(path))
-    assert (case.question, case.answer) == (row["question"], "Pneumonie")
 
 
 def test_parquet_and_hf_errors_name_the_row_index(tmp_path):
@@ -336,10 +302,10 @@ def test_parquet_and_hf_errors_name_the_row_index(tmp_path):
 
     rows = [{"question": "q", "answer": "a"}, {"question": "q", "answer": None}]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "bad.parquet")
-    with pytest.raises(CaseFormatError, match=r"bad.parquet: row 1: field 'answer' missing"):
+    with pytest.raises(CaseFormatError, match=r"bad.parquet: row 1: field 'answer' is null"):
         load_cases(str(tmp_path / "bad.parquet"))
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "bad_ds"))
-    with pytest.raises(CaseFormatError, match=r"bad_ds: row 1: field 'answer' missing"):
+    with pytest.raises(CaseFormatError, match=r"bad_ds: row 1: field 'answer' is null"):
         load_cases(str(tmp_path / "bad_ds"))
 
 
@@ -356,7 +322,7 @@ def test_schema_errors_carry_the_location(tmp_path):
 def test_named_loader_errors_name_the_source_field(tmp_path):
     raw = {"PMC1": {"generate_case": {"case_summary": "s"}}}
     path = _write(tmp_path / "medrbench_diagnosis_100.json", json.dumps(raw, indent=2))
-    with pytest.raises(CaseFormatError, match=r":2: field 'answer' \(column 'generate_case.diagnosis_results'\)"):
+    with pytest.raises(CaseFormatError, match=r":2: record 'PMC1': field 'answer' \(column 'generate_case.diagnosis_results'\) missing"):
         load_cases(path)
     rows = [{"realidx": 1, "question": "q", "options": {"A": "x", "B": "y"}, "answer_idx": "A", "answer": "y"}]
     path = _write(tmp_path / "medqa_usmle_test.jsonl", json.dumps(rows[0]) + "\n")

@@ -55,8 +55,14 @@ def test_a_dead_endpoint_is_counted_stopped_early_and_exits_non_zero(tmp_path):
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     # the first chunk of 32 was sent and failed; the 8 after it were not sent
     assert sum(p["error"].startswith("APIConnectionError") for p in predictions) == 32
-    assert sum(p["error"].startswith("RuntimeError: not sent: the 32 requests before it failed in a row") for p in predictions) == 8
+    unsent = "RuntimeError: not sent: the 32 requests before it failed in a row"
+    assert sum(p["error"].startswith(unsent) for p in predictions) == 8
     report = (out / "report.md").read_text()
     assert "### Outcomes" in report and "**Some answers failed**" in report
     # n, format rate (no reply, so no final answer), no final answer, undecided, errors
     assert "| dead | 40 | 0.0% | 0 | 0 | 40 | APIConnectionError" in report
+    # nothing was measured: no accuracy where the accuracy would be, only the failures
+    overview = report.split("### Overview", 1)[1].split("### Outcomes", 1)[0]
+    assert "| dead | — (40 of 40 failed) |" in overview and "0.0 [" not in overview
+    overall = next(g for g in summary["groups"] if g["kind"] == "overall")
+    assert overall["accuracy"] == {"value": None, "low": None, "high": None, "n": 40} and overall["errors"] == 40

@@ -285,7 +285,7 @@ def test_write_report_writes_everything(tmp_path):
     assert summary["groups"][0] == {
         "benchmark": "builtin", "model": "base", "kind": "overall", "group": "all",
         "accuracy": {"value": 0.625, "low": 0.551, "high": 0.698, "n": 40},
-        "distinct_diagnoses": 30, "distinct_icd10": 25,
+        "distinct_diagnoses": 30, "distinct_icd10": 25, "errors": 0,
     }
     md = path.read_text(encoding="utf-8")
     assert md.startswith("# Step 300\n")

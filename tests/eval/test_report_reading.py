@@ -41,8 +41,9 @@ def test_groups_below_min_n_show_no_interval_in_report_and_summary(tmp_path):
     out = tmp_path / "eval"
     md = write_report(rows, preds, out, provenance=make_provenance(min_interval_n=10)).read_text(encoding="utf-8")
     overview = _section(md, "### Overview", "### Outcomes")
-    # overall: 6 correct of 12 cases (>= 10), with an interval; urology: 1 of 1, without
-    assert "| base | 50.0 [" in overview and "(n=12)" in overview
+    # overall: 6 correct of 12 cases (>= 10), with an interval and its failures; urology: 1 of 1, without
+    errors = sum(p.verdict == "error" for p in preds)
+    assert "| base | 50.0 [" in overview and f"(n=12, {errors} failed)" in overview
     assert "| 100.0 (n=1) |" in overview and "[100.0, 100.0]" not in md
     assert "Groups of fewer than 10 cases show no interval" in md
     summary = json.loads((out / "summary.json").read_text())

@@ -2,6 +2,7 @@
 pairs done with the same inputs, retries failed cases, and recomputes when an input changed or eval.restart."""
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -151,6 +152,28 @@ def test_a_tampered_or_foreign_file_is_not_reused(harness, capsys):
 def test_labels_that_slug_alike_get_separate_files(tmp_path):
     names = {PairFiles(tmp_path, label, "b").predictions for label in ("x/y", "x_y", "X_y", "模型", "模形")}
     assert len(names) == 5 and all(p.parent.parent == tmp_path / PREDICTIONS_DIR for p in names)
+
+
+def test_pair_files_follow_the_documented_layout(tmp_path):
+    """predictions/<model>-<hash8>/<benchmark>-<hash8>.jsonl, each hash8 of its own label (the pairs.py example)."""
+
+    def hash8(label):
+        return hashlib.sha256(label.encode()).hexdigest()[:8]
+
+    files = PairFiles(tmp_path, "rl/v1", "medqa")
+    directory = tmp_path / PREDICTIONS_DIR / f"rl_v1-{hash8('rl/v1')}"
+    assert files.predictions == directory / f"medqa-{hash8('medqa')}.jsonl"
+    assert files.record == directory / f"medqa-{hash8('medqa')}.done.json"
+    assert files.predictions.relative_to(tmp_path).as_posix() == "predictions/rl_v1-7c63316d/medqa-c6a95176.jsonl"
+
+
+def test_wandb_files_go_under_the_eval_out_dir(harness, tmp_path):
+    """Not under output_dir: with eval.out_dir elsewhere, the W&B run's files stay with the report."""
+    elsewhere = tmp_path / "elsewhere"
+    harness("tracking.wandb_mode=offline", f"eval.out_dir={elsewhere}")
+    assert (elsewhere / "report.md").is_file()
+    assert list((elsewhere / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert not (tmp_path / "wandb").exists() and not (tmp_path / "eval").exists()
 
 
 def test_a_local_model_rewritten_in_place_changes_the_inputs(tmp_path):

@@ -141,14 +141,25 @@ def test_summarize_gives_exact_rows_per_department_and_language():
 
 
 def test_summarize_separates_benchmarks_and_counts_errors_as_wrong():
-    preds = [pred("m", "1", "other", "en", "error", benchmark="a"), pred("m", "1", "other", "en", "correct",
-                                                                          benchmark="b")]
+    # a: one failed and one correct case, b: one correct case
+    preds = [pred("m", "1", "other", "en", "error", benchmark="a"), pred("m", "2", "other", "en", "correct",
+                                                                          benchmark="a"),
+             pred("m", "1", "other", "en", "correct", benchmark="b")]
     rows = summarize(preds, min_interval_n=1)
-    assert [(r.benchmark, r.kind, r.accuracy.value) for r in rows] == [
-        ("a", "overall", 0.0), ("a", "department", 0.0), ("a", "language", 0.0),
-        ("b", "overall", 1.0), ("b", "department", 1.0), ("b", "language", 1.0),
+    # the error stays in the denominator: 1 correct of 2 (dropping it would claim 1 of 1), and it is counted
+    assert [(r.benchmark, r.kind, r.accuracy.value, r.accuracy.n, r.errors) for r in rows] == [
+        ("a", "overall", 1 / 2, 2, 1), ("a", "department", 1 / 2, 2, 1), ("a", "language", 1 / 2, 2, 1),
+        ("b", "overall", 1.0, 1, 0), ("b", "department", 1.0, 1, 0), ("b", "language", 1.0, 1, 0),
     ]
     assert summarize([], min_interval_n=1) == []
+
+
+def test_summarize_gives_no_accuracy_when_every_prediction_failed():
+    preds = [pred("m", str(i), "other", "en", "error") for i in range(3)]
+    (overall, department, language) = summarize(preds, min_interval_n=1)
+    for row in (overall, department, language):
+        assert (row.accuracy.n, row.errors, row.all_failed) == (len(preds), len(preds), True)
+        assert all(math.isnan(x) for x in (row.accuracy.value, row.accuracy.low, row.accuracy.high))
 
 
 def test_summarize_leaves_out_intervals_below_min_interval_n():

@@ -13,7 +13,7 @@ from clinical_rl.rewards.base import RewardInput
 from clinical_rl.rewards.clinical import ClinicalReward
 from clinical_rl.sft.dataset import SFTRow, target_text
 from clinical_rl.synthesis.filters import FilterConfig, check_row
-from clinical_rl.synthesis.kb_teacher import SYNTHESIZER, differential, stated_findings, teach_case
+from clinical_rl.synthesis.kb_teacher import SYNTHESIZER, differential, kb_coverage, stated_findings, teach_case
 from clinical_rl.synthesis.runner import synthesize
 
 BUILTIN = load_cases("builtin")
@@ -53,13 +53,38 @@ def test_a_borrowed_finding_names_the_disease_it_came_from_in_the_differential()
     assert re.search(rf"Hmm, {re.escape(borrowed)} could suggest {copd.name.en}", thinking)
 
 
-@pytest.mark.parametrize("answer, question, why", [
-    ("Appendicitis of the left toe", "Pain in the toe.", "reference is not a knowledge-base disease"),
-    ("Asthma", "The patient feels unwell.", "case shows none of its findings"),
-])
+UNTAUGHT = [
+    ("Appendicitis of the left toe", "Pain in the toe.",
+     "the knowledge base has no entry for 'Appendicitis of the left toe'"),
+    ("Asthma", "The patient feels unwell.", "the question states none of the knowledge base's findings of 'Asthma'"),
+]
+
+
+@pytest.mark.parametrize("answer, question, why", UNTAUGHT)
 def test_cases_it_cannot_reason_about_fail_with_the_reason(answer, question, why):
     result = teach_case(Case(question, answer, id="x", language="en"))
-    assert result.status == "failed" and result.thinking is None and result.lineage["errors"] == [why]
+    assert result.status == "failed" and result.thinking is None
+    [error] = result.lineage["errors"]
+    assert error.startswith(why)
+
+
+def test_coverage_counts_the_cases_the_teacher_writes_rows_for_and_says_why_not_for_others():
+    # Seen: a run on a user's file whose diagnoses the knowledge base lacks stored nothing and exited 1 with 0 rows
+    users = [Case(q, a, id=f"u{i}", language="en") for i, (a, q, _) in enumerate(UNTAUGHT)]
+    cases = [*BUILTIN[:10], *users, Case("Pain in the other toe.", UNTAUGHT[0][0], id="u2", language="en")]
+    taught, examples = kb_coverage(cases)
+    assert taught == sum(teach_case(c).status == "done" for c in cases) == 10
+    assert [e.split(": ", 1)[0] for e in examples] == ["case 'u0'", "case 'u1'"]  # one example per reference
+    assert all(why in e for (_, _, why), e in zip(UNTAUGHT, examples))
+    assert kb_coverage(users, max_examples=1) == (0, [examples[0]])
+    assert kb_coverage([]) == (0, [])
+
+
+def test_coverage_agrees_with_teach_case_on_every_builtin_case_and_a_mixed_file():
+    mixed = [Case(c.question, a, id=c.id, language=c.language)
+             for c, a in zip(BUILTIN[:60], ["Pneumonia", "Gout", "肺炎", "Not a disease", "asthma"] * 12)]
+    for cases in (BUILTIN, mixed):
+        assert kb_coverage(cases, max_examples=0)[0] == sum(teach_case(c).status == "done" for c in cases)
 
 
 def test_builtin_language_generates_vignettes_in_that_language_only():
