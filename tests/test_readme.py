@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from clinical_rl.cli import _COMMANDS, _parser, main
+from clinical_rl.cli import main
+from clinical_rl.cli_args import COMMANDS, build_parser
 from clinical_rl.config_files import load_config
 from clinical_rl.data.loaders import load_cases
 
@@ -71,21 +72,21 @@ def test_a_csv_without_its_mapping_names_the_field_and_says_how_to_map_it(tmp_pa
 
 @pytest.mark.parametrize("where,argv", commands(), ids=lambda v: " ".join(v) if isinstance(v, list) else str(v))
 def test_readme_commands_parse(where, argv):
-    args, extra = _parser().parse_known_args(argv[1:])
+    args, extra = build_parser("").parse_known_args(argv[1:])
     assert all("=" in a and not a.startswith("-") for a in extra), f"{where}: {argv}: unknown flags {extra}"
     if getattr(args, "config", None):
         assert (ROOT / args.config).is_file() or args.config == "my.yaml", f"{where}: no config {args.config}"
 
 
 def test_every_subcommand_help_says_what_it_does_and_shows_an_example(capsys):
-    for name, (_, description, example) in _COMMANDS.items():
+    for name, (_, description, example) in COMMANDS.items():
         with pytest.raises(SystemExit) as done:
             main([name, "--help"])
         assert done.value.code == 0
         text = " ".join(capsys.readouterr().out.split())
         assert " ".join(description.split()) in text and f"example: {example}" in text, name
         assert example.startswith(f"clinical-rl {name}")
-        _parser().parse_known_args(shlex.split(example)[1:])
+        build_parser("").parse_known_args(shlex.split(example)[1:])
 
 
 def test_demo_paths_in_the_readme_are_the_ones_the_pipeline_writes():

@@ -222,14 +222,7 @@ def markdown_report(
         departments = department_order(rows, benchmark)
         languages = language_order(rows, benchmark)
         lines += ["", f"## Benchmark `{benchmark}`", "", "### Overview", ""]
-        header = ["model", "overall", *map(department_label, departments), *map(language_label, languages)]
-        body = []
-        for model in models:
-            cells = [format_accuracy(index.get((benchmark, model, "overall", "all")), with_n=True)]
-            cells += [format_accuracy(index.get((benchmark, model, "department", d)), with_n=True) for d in departments]
-            cells += [format_accuracy(index.get((benchmark, model, "language", g)), with_n=True) for g in languages]
-            body.append([model, *cells])
-        lines += _table(header, body, ["l", *("r" for _ in header[1:])])
+        lines += _overview_table(index, benchmark, models, departments, languages)
         lines += _outcome_lines([o for o in outcomes if o.benchmark == benchmark])
         if departments:
             lines += ["", "### By department", ""]
@@ -249,6 +242,18 @@ def markdown_report(
                 target = Path(os.path.relpath(target, relative_to))
             lines += ["", f"### {label}", "", f"![{label}]({target.as_posix()})"]
     return "\n".join(lines) + "\n"
+
+
+def _overview_table(index: Mapping, benchmark: str, models: Sequence[str], departments: Sequence[str],
+                    languages: Sequence[str]) -> list[str]:
+    """One row per model: overall, then each department and language, every cell with its n."""
+    header = ["model", "overall", *map(department_label, departments), *map(language_label, languages)]
+    body = []
+    for model in models:
+        groups = [("overall", "all"), *(("department", d) for d in departments), *(("language", g) for g in languages)]
+        body.append([model, *(format_accuracy(index.get((benchmark, model, kind, group)), with_n=True)
+                              for kind, group in groups)])
+    return _table(header, body, ["l", *("r" for _ in header[1:])])
 
 
 def _provenance_lines(provenance: Provenance) -> list[str]:
