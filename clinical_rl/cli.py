@@ -103,6 +103,9 @@ def _print_layout(cfg: RunConfig, target: str) -> bool:
     from clinical_rl.launch.placement import format_plan, plan_placement
     from clinical_rl.launch.stages import format_pipeline_stages, pipeline_stages
 
+    from clinical_rl.rl.step_shape import describe_step
+
+    print("\n".join(describe_step(cfg)))
     try:
         print(format_plan(plan_placement(cfg)))
         memory = plan_memory(cfg)

@@ -138,6 +138,27 @@ class RewardConfig(ConfigNode):
         None, description="verifier audit during training; warns on any false positive (label false, judged correct)")
 
 
+class DynamicSamplingConfig(ConfigNode):
+    """DAPO's dynamic sampling (Yu et al. 2025, sec. 3.2), WiNGPT-3.0's online difficulty filter: groups whose
+    samples all score alike teach a group estimator nothing, so they are dropped and further prompts fill the batch."""
+
+    metric: Literal["correct", "score"] = Field(
+        "correct", description="what must vary within a kept group: the reward's `correct` detail (all right or all "
+        "wrong is dropped) or the reward value itself")
+    max_rounds: int = Field(3, ge=1, description="generation rounds per step at most (the first included); when "
+                            "they run out, dropped groups fill the rest so the batch keeps rollout_batch_size groups")
+
+
+class OverlongConfig(ConfigNode):
+    """DAPO's overlong reward shaping and filtering (Yu et al. 2025, sec. 3.4)."""
+
+    buffer_tokens: int = Field(0, ge=0, description="soft overlong punishment: in the last buffer_tokens before "
+                               "rollout.max_new_tokens the reward falls linearly by up to `penalty` (0: off)")
+    penalty: float = Field(1.0, ge=0, description="reward subtracted at rollout.max_new_tokens")
+    mask_truncated: bool = Field(False, description="overlong filtering: truncated samples (no EOS) are left out "
+                                 "of the loss, their reward being about a cut-off answer")
+
+
 class AlgoConfig(ConfigNode):
     advantage: AdvantageName = Field(
         "gae", description=f"advantage estimator (algorithms/advantages.py): {', '.join(ADVANTAGE_ESTIMATORS)}; a "
@@ -163,6 +184,10 @@ class AlgoConfig(ConfigNode):
     rollout_batch_size: int = Field(16, ge=1, description="prompts per step")
     n_samples_per_prompt: int = Field(1, ge=1, description="responses per prompt")
     minibatch_size: int = Field(16, ge=1, description="samples per optimizer step")
+    dynamic_sampling: DynamicSamplingConfig | None = Field(
+        None, description="drop groups whose samples all score alike and refill from further prompts (DAPO); "
+        "needs n_samples_per_prompt >= 2; null: off")
+    overlong: OverlongConfig | None = Field(None, description="DAPO overlong shaping / filtering; null: off")
 
     @property
     def use_critic(self) -> bool:
@@ -197,6 +222,8 @@ class AlgoConfig(ConfigNode):
             raise ValueError(f"algo.advantage={self.advantage} needs algo.n_samples_per_prompt >= 2")
         if self.gamma != 1.0 and not estimator.discounted:
             raise ValueError(f"algo.gamma={self.gamma}: algo.advantage={self.advantage} is undiscounted (gamma 1)")
+        if self.dynamic_sampling is not None and self.n_samples_per_prompt < 2:
+            raise ValueError("algo.dynamic_sampling needs algo.n_samples_per_prompt >= 2 (it drops uniform groups)")
         if not self.grpo_norm_by_std and self.advantage != "grpo":
             raise ValueError(f"algo.grpo_norm_by_std=false applies to algo.advantage=grpo, not {self.advantage}")
         return self
@@ -297,6 +324,10 @@ class RunConfig(ConfigNode):
                 raise ValueError(f"{role}.world_size={ws} must divide algo.minibatch_size={self.algo.minibatch_size}")
         if self.placement.colocate and self.algo.use_critic and self.critic.world_size != self.policy.world_size:
             raise ValueError("placement.colocate needs critic.world_size == policy.world_size")
+        overlong = self.algo.overlong
+        if overlong is not None and overlong.buffer_tokens >= self.rollout.max_new_tokens:
+            raise ValueError(f"algo.overlong.buffer_tokens={overlong.buffer_tokens} must be below "
+                             f"rollout.max_new_tokens={self.rollout.max_new_tokens}")
         if self.placement.colocate_engines:
             if self.device != "gpu":
                 raise ValueError("placement.colocate_engines needs device=gpu: vLLM's CPU backend cannot sleep (on CPU "

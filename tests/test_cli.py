@@ -44,3 +44,16 @@ def test_bad_audit_pairs_file_is_named_before_anything_starts(tmp_path):
     assert out.returncode == 2
     assert f"reward.audit.pairs: {pairs}:1: label: Input should be a valid boolean" in out.stderr
     assert not (tmp_path / "run").exists()  # failed in preflight: no output, no Ray
+
+
+def test_plan_shows_the_wingpt_grpo_cluster_config():
+    """configs/cluster_grpo_wingpt.yaml: WiNGPT-style GRPO (128 prompts x 12 rollouts) fits 2 nodes x 8 GPUs; the
+    plan says what a step does, dynamic sampling's generation bound included (3 rounds x 128 prompts)."""
+    out = cli("plan", "--config", "configs/cluster_grpo_wingpt.yaml", "tracking.wandb_mode=offline")
+    assert "RL step: grpo with no critic; KL k3 in the loss, coef 0.001" in out.stdout
+    # 1536 samples / 256 = 6 minibatches x 1 epoch
+    assert "128 prompts x 12 samples = 1536 samples; 6 minibatches of 256 x 1 epochs = 6 optimizer steps" in out.stdout
+    assert "up to 3 rounds: at most 384 prompts (4608 samples) generated a step" in out.stdout
+    assert "16 GPUs" in out.stdout and "  fits" in out.stdout and "critic[" not in out.stdout
+    assert out.returncode == 1  # not ready here: the SFT checkpoint and the cases are on the cluster
+    assert "model.path: no HF model at /mnt/shared/models/qwen2.5-7b-sft" in out.stderr

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from clinical_rl.data.cases import Case
+from clinical_rl.rewards.base import RewardResult
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,16 @@ class Sample:
     text: str
     finish_reason: str  # "stop" (EOS / stop string) or "length"
     group_id: int  # index of the prompt in the step's batch; the n samples of a prompt share it
+
+
+@dataclass(frozen=True)
+class Group:
+    """The n scored samples of one prompt."""
+
+    case: Case
+    prompt: str
+    samples: list[Sample]
+    results: list[RewardResult]  # one per sample, same order
 
 
 @dataclass(frozen=True)
@@ -98,7 +109,9 @@ class Experience:
 
     rollout: RolloutBatch
     scores: Tensor  # (B,) outcome reward; 0 where reward_ok is False (and masked out)
-    reward_ok: Tensor  # (B,) bool: the verifier returned a valid reward
+    # (B,) bool: the sample is trained on: the verifier returned a valid reward (and, with
+    # algo.overlong.mask_truncated, the response ended before the length cap)
+    reward_ok: Tensor
     # (B, T) log pi_old(token) from the policy trainer before the update; None when the update is a single
     # on-policy pass (`AlgoConfig.scores_old_policy`), where pi_old is the trainer's own detached logp.
     old_logp: Tensor | None
@@ -106,7 +119,7 @@ class Experience:
     values: Tensor | None  # (B, T) critic values V(s_t) before the update; None without a critic
     advantages: Tensor  # (B, T)
     returns: Tensor  # (B, T) value targets
-    extras: dict[str, Tensor] = field(default_factory=dict)  # per-sample reward parts, for logging only
+    extras: dict[str, Tensor] = field(default_factory=dict)  # (B,) per-sample kl and overlong_penalty, for logging
 
     @property
     def mask(self) -> Tensor:

@@ -17,14 +17,16 @@ import torch
 from torch import Tensor
 from tqdm import trange
 
-from clinical_rl.rl.batch import RolloutBatch, Sample, shard_rows
+from clinical_rl.rl.batch import Group, RolloutBatch, Sample, shard_rows
 from clinical_rl.rl.checkpoint import Checkpoint, DriverState, latest_checkpoint, restore_trainers, save_checkpoint
 from clinical_rl.config import AlgoConfig, RewardConfig, RunConfig
 from clinical_rl.data.cases import Case
 from clinical_rl.data.loaders import load_cases
 from clinical_rl.data.prompts import prompt_opens_think, render_prompt
 from clinical_rl.rl.config_record import check_resume, protected_settings, record_config, settings_hash
+from clinical_rl.rl.dynamic_sampling import collect
 from clinical_rl.rl.experience import experience_metrics, make_experience
+from clinical_rl.rl.reward_metrics import reward_metrics
 from clinical_rl.models import check_model_dir
 from clinical_rl.launch.actors import gather
 from clinical_rl.launch.cluster import connect_ray, shutdown_ray, with_cluster_shape
@@ -50,34 +52,70 @@ class RunResult:
     history: list[dict[str, float]]  # metrics of every step
 
 
-def rl_step(cfg: RunConfig, roles: Roles, cases: list[Case], prompts: list[str], step: int) -> dict[str, float]:
-    """One PPO/GRPO step: generate -> reward -> logprobs/values -> advantages -> update -> weight sync."""
+def rl_step(cfg: RunConfig, roles: Roles, cases: list[Case], step: int,
+            more_cases: Callable[[int], list[Case]] | None = None) -> dict[str, float]:
+    """One RL step: generate -> reward (-> refill, with dynamic sampling) -> logprobs/values -> advantages -> update
+    -> weight sync. `more_cases(k)`: k further cases for dynamic sampling's refill rounds."""
     timer = PhaseTimer()
     with timer("step"):
-        with timer("generate"):
-            batch = generate(roles, cases, prompts, cfg.algo.n_samples_per_prompt, cfg.rollout.timeout_s)
-            roles.engines_done()
-        with timer("reward"):
-            results = score_rewards(roles, batch, cfg.reward)
+        round_of = partial(rollout_round, cfg, roles, timer)
+
+        def refill(k: int) -> list[Group]:
+            if more_cases is None:
+                raise ValueError("algo.dynamic_sampling refills from further cases: pass more_cases")
+            return round_of(more_cases(k))
+
+        collected = collect(len(cases), lambda _: round_of(cases), refill, cfg.algo.dynamic_sampling)
+        roles.engines_done()
+        batch, results = training_batch(roles, collected.kept)
         with timer("logprobs"):
             old_logp, ref_logp, values = score_tokens(roles, batch, cfg.algo.scores_old_policy)
         with timer("advantages"):
-            exp = make_experience(cfg.algo, batch, results, old_logp, ref_logp, values, cfg.reward.max_failed_frac)
+            exp = make_experience(cfg.algo, batch, results, old_logp, ref_logp, values, cfg.reward.max_failed_frac,
+                                  cfg.rollout.max_new_tokens)
         with timer("train"):
             train_metrics = ppo_update(cfg.algo, roles, exp, seed=cfg.seed + step)
         with timer("sync"):
             roles.sync_weights()
-    response_tokens = batch.response_mask.sum().item()
     return {
-        **experience_metrics(exp, [r.status for r in results]),
+        **reward_metrics(collected.scored),
+        **experience_metrics(exp),
+        **collected.metrics,
         **train_metrics,
-        "perf/rollout_tokens_per_s": response_tokens / timer.seconds["generate"],
+        "perf/rollout_tokens_per_s": collected.response_tokens / timer.seconds["generate"],
         **timer.metrics(),
     }
 
 
+def rollout_round(cfg: RunConfig, roles: Roles, timer: PhaseTimer, cases: list[Case]) -> list[Group]:
+    """Render the cases' prompts, generate `algo.n_samples_per_prompt` samples each and score them: one group per
+    case, in case order."""
+    prompts = [render_prompt(roles.tokenizer, c, cfg.data.system_prompt) for c in cases]
+    with timer("generate"):
+        samples = generate_samples(roles, prompts, cfg.algo.n_samples_per_prompt, cfg.rollout.timeout_s)
+    with timer("reward"):
+        results = score_rewards(roles, RolloutBatch.from_samples(samples, prompts, cases, _pad_id(roles)), cfg.reward)
+    by_group: list[tuple[list[Sample], list[RewardResult]]] = [([], []) for _ in cases]
+    for sample, result in zip(samples, results):
+        by_group[sample.group_id][0].append(sample)
+        by_group[sample.group_id][1].append(result)
+    return [Group(c, p, ss, rs) for c, p, (ss, rs) in zip(cases, prompts, by_group)]
+
+
+def training_batch(roles: Roles, groups: list[Group]) -> tuple[RolloutBatch, list[RewardResult]]:
+    """The kept groups as one padded batch (group ids are their positions) and its results in row order."""
+    samples = [s for g in groups for s in g.samples]
+    batch = RolloutBatch.from_samples(samples, [g.prompt for g in groups], [g.case for g in groups], _pad_id(roles))
+    return batch, [r for g in groups for r in g.results]
+
+
 def generate(roles: Roles, cases: list[Case], prompts: list[str], n: int, deadline_s: float) -> RolloutBatch:
-    """Split prompts over the engines (data parallel), n samples each, and pad into a batch.
+    """`generate_samples` padded into a batch."""
+    return RolloutBatch.from_samples(generate_samples(roles, prompts, n, deadline_s), prompts, cases, _pad_id(roles))
+
+
+def generate_samples(roles: Roles, prompts: list[str], n: int, deadline_s: float) -> list[Sample]:
+    """Split prompts over the engines (data parallel), n samples each; sorted by group id (the prompt's index).
 
     Raises ActorLost when an engine died or gave no answer within `deadline_s`."""
     prompt_ids = [roles.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -85,9 +123,12 @@ def generate(roles: Roles, cases: list[Case], prompts: list[str], n: int, deadli
     busy = [(engine, rows) for engine, rows in zip(roles.engines, chunks) if rows]
     refs = [engine.generate.remote([prompt_ids[i] for i in rows], rows, n) for engine, rows in busy]
     outputs = gather([engine for engine, _ in busy], refs, "rollout", deadline_s)
-    samples: list[Sample] = sorted((s for chunk in outputs for s in chunk), key=lambda s: s.group_id)
-    pad_id = roles.tokenizer.pad_token_id if roles.tokenizer.pad_token_id is not None else roles.tokenizer.eos_token_id
-    return RolloutBatch.from_samples(samples, prompts, cases, pad_id)
+    return sorted((s for chunk in outputs for s in chunk), key=lambda s: s.group_id)
+
+
+def _pad_id(roles: Roles) -> int:
+    tokenizer = roles.tokenizer
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def score_rewards(roles: Roles, batch: RolloutBatch, cfg: RewardConfig) -> list[RewardResult]:
@@ -173,9 +214,13 @@ class CaseSampler:
 
     def next(self) -> list[Case]:
         """The next `batch_size` cases; a new shuffled pass starts where the last one runs out."""
-        while len(self.order) < self.batch_size:
+        return self.take(self.batch_size)
+
+    def take(self, k: int) -> list[Case]:
+        """The next `k` cases of the same order (dynamic sampling's refills draw from it too)."""
+        while len(self.order) < k:
             self.order += torch.randperm(len(self.cases), generator=self.generator).tolist()
-        rows, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
+        rows, self.order = self.order[:k], self.order[k:]
         return [self.cases[i] for i in rows]
 
     def state_dict(self) -> dict:
@@ -264,10 +309,9 @@ def run(cfg: RunConfig) -> RunResult:
         if recorded is not None:
             print(f"resolved config: {recorded}", flush=True)
         for step in trange(first, cfg.steps + 1, initial=first - 1, total=cfg.steps, desc="ppo", unit="step"):
-            step_cases = sampler.next()
-            prompts = [render_prompt(roles.tokenizer, c, cfg.data.system_prompt) for c in step_cases]
+            step_cases = sampler.next()  # drawn once: a redone step trains on the same prompts
             with stops_the_run(roles, step, out, cfg.save_every):
-                metrics = redo_on_restart(roles, step, partial(rl_step, cfg, roles, step_cases, prompts, step))
+                metrics = redo_on_restart(roles, step, partial(rl_step, cfg, roles, step_cases, step, sampler.take))
                 if cfg.reward.audit is not None and step % cfg.reward.audit.every == 0:
                     score = partial(score_on_actors, roles.rewards, cfg=cfg.reward)
                     metrics |= redo_on_restart(roles, step, partial(live_audit, audit_pairs, score, cfg.reward, step))

@@ -30,11 +30,15 @@ def make_experience(
     ref_logp: Tensor | None,
     values: Tensor | None,
     max_failed_frac: float,
+    max_new_tokens: int | None = None,
 ) -> Experience:
-    """Scores with status -> masked, KL-shaped token rewards -> advantages and returns.
+    """Scores with status -> overlong shaping -> masked, KL-shaped token rewards -> advantages and returns.
 
     `old_logp` None (a single on-policy pass): the KL is measured from the engine's logprobs of the same tokens;
-    `ref_logp` None (no KL penalty): the KL is 0.
+    `ref_logp` None (no KL penalty): the KL is 0. `max_new_tokens`: the rollout's length cap, needed with
+    `algo.overlong`.
+
+    Raises RewardFailureError above `max_failed_frac` failed rewards.
     """
     reward_ok = torch.tensor([r.status == "ok" for r in results])
     failed_frac = 1.0 - reward_ok.float().mean().item()
@@ -44,7 +48,9 @@ def make_experience(
             f"{failed_frac:.0%} of samples have no valid reward (reward.max_failed_frac={max_failed_frac}): {errors[:3]}"
         )
     scores = torch.tensor([r.reward if r.status == "ok" else 0.0 for r in results], dtype=torch.float32)
-    mask = batch.response_mask * reward_ok.unsqueeze(1)
+    overlong, trained = _overlong(algo, batch, reward_ok, max_new_tokens)
+    scores = scores - overlong
+    mask = batch.response_mask * trained.unsqueeze(1)
     behaviour = batch.rollout_logp if old_logp is None else old_logp
     kl = torch.zeros_like(mask) if ref_logp is None else get_kl_estimator(algo.kl_estimator)(behaviour, ref_logp) * mask
     kl_in_reward = algo.kl_in == "reward"
@@ -63,35 +69,45 @@ def make_experience(
     return Experience(
         rollout=batch,
         scores=scores,
-        reward_ok=reward_ok,
+        reward_ok=trained,
         old_logp=old_logp,
         ref_logp=ref_logp,
         values=inputs.values,
         advantages=advantages,
         returns=returns,
-        extras={"kl": kl.sum(dim=1), **_reward_parts(results)},
+        extras={"kl": kl.sum(dim=1), **({"overlong_penalty": overlong} if algo.overlong is not None else {})},
     )
 
 
-def _reward_parts(results: list[RewardResult]) -> dict[str, Tensor]:
-    """Numeric details of the results (e.g. correct, format_ok); NaN where a result does not report one."""
-    keys = {k for r in results for k, v in r.details.items() if isinstance(v, (int, float))}
-    return {
-        k: torch.tensor([float(v) if isinstance(v := r.details.get(k), (int, float)) else math.nan for r in results])
-        for k in sorted(keys)
-    }
+def _overlong(algo: AlgoConfig, batch: RolloutBatch, reward_ok: Tensor, max_new_tokens: int | None
+              ) -> tuple[Tensor, Tensor]:
+    """`algo.overlong`'s penalty per sample (B,) and the samples left in the loss (B,) bool."""
+    if algo.overlong is None:
+        return torch.zeros(len(batch)), reward_ok
+    if max_new_tokens is None:
+        raise ValueError("algo.overlong needs the rollout's max_new_tokens")
+    o = algo.overlong
+    penalty = overlong_penalty(batch.response_lengths, max_new_tokens, o.buffer_tokens, o.penalty) * reward_ok
+    return penalty, reward_ok & ~batch.truncated if o.mask_truncated else reward_ok
 
 
-def experience_metrics(exp: Experience, statuses: list[str]) -> dict[str, float]:
-    """reward/*, kl/*, adv/*, rollout/* and critic/explained_variance for one step."""
+def overlong_penalty(lengths: Tensor, max_new_tokens: int, buffer_tokens: int, penalty: float) -> Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), as an amount to subtract: 0 up to
+    L_max - L_cache tokens, then rising linearly to `penalty` at L_max = `max_new_tokens` (L_cache =
+    `buffer_tokens`; 0 turns it off). `lengths`: (B,) response tokens; returns (B,)."""
+    if buffer_tokens == 0:
+        return torch.zeros_like(lengths, dtype=torch.float32)
+    start = max_new_tokens - buffer_tokens
+    return penalty * ((lengths.float() - start) / buffer_tokens).clamp(0.0, 1.0)
+
+
+def experience_metrics(exp: Experience) -> dict[str, float]:
+    """kl/*, adv/*, rollout/* and critic/explained_variance of the trained batch for one step (the reward side over
+    every scored sample is `reward_metrics.reward_metrics`)."""
     ok = exp.reward_ok
-    valid_scores = exp.scores[ok]
     lengths = exp.rollout.response_lengths
     m: dict[str, float] = {
-        "reward/mean": valid_scores.mean().item() if ok.any() else math.nan,
-        "reward/std": valid_scores.std().item() if ok.sum() > 1 else math.nan,
-        "reward/failed_frac": sum(s == "error" for s in statuses) / len(statuses),
-        "reward/timeout_frac": sum(s == "timeout" for s in statuses) / len(statuses),
+        "rollout/samples": float(len(exp.rollout)),
         "kl/mean": exp.extras["kl"][ok].mean().item() if ok.any() else math.nan,
         "adv/mean": masked_mean(exp.advantages, exp.mask).item(),
         "adv/returns_mean": masked_mean(exp.returns, exp.mask).item(),
@@ -105,15 +121,8 @@ def experience_metrics(exp: Experience, statuses: list[str]) -> dict[str, float]
         # Engine vs trainer logprob of the same tokens: ~0 when weight sync and numerics agree.
         m["rollout/logp_mismatch"] = masked_mean((exp.old_logp - exp.rollout.rollout_logp).abs(),
                                                  exp.rollout.response_mask).item()
-    for key, part in exp.extras.items():
-        reported = part[~part.isnan()]
-        if key == "kl" or not len(reported):  # a part no sample reported this step is absent, not NaN
-            continue
-        if key.endswith("latency_s"):  # tails matter for a verifier behind a network
-            m[f"reward/{key}_p50"] = reported.quantile(0.5).item()
-            m[f"reward/{key}_p99"] = reported.quantile(0.99).item()
-        else:
-            m[f"reward/{key}"] = reported.mean().item()
+    if "overlong_penalty" in exp.extras and ok.any():
+        m["reward/overlong_penalty"] = exp.extras["overlong_penalty"][ok].mean().item()
     if exp.values is not None:
         m["critic/explained_variance"] = explained_variance(exp.values, exp.returns, exp.mask)
     return m

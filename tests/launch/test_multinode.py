@@ -83,7 +83,7 @@ def test_engines_and_trainers_on_their_nodes_one_step_and_weights_cross_nodes(
         prompts = [render_prompt(roles.tokenizer, c, SYSTEM_PROMPT) for c in cases]
         before: RolloutBatch = generate(roles, cases, prompts, n=1, deadline_s=600)
         old = ray.get(roles.policy[0].logprobs.remote(before))
-        rl_step(cfg, roles, cases * 2, prompts * 2, step=1)  # update on the training node, push to the inference node
+        rl_step(cfg, roles, cases * 2, step=1)  # update on the training node, push to the inference node
         trainer = ray.get(roles.policy[0].logprobs.remote(before))
         rows = [ids[mask.bool()].tolist() for ids, mask in zip(before.input_ids, before.attention_mask)]
         mask = before.response_mask.bool()

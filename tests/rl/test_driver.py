@@ -138,3 +138,39 @@ def test_critic_free_learns_the_candidate_task_in_bf16_through_lost_actors(advan
     assert logged == list(range(1, 31))  # the redone step is logged once
     assert [s.get("fault/step_retries") for s in result.history[:2]] == [1.0, None]
     assert engine_pids() == []  # the restarted engine was shut down with the run
+    assert_documented(result.history)
+
+
+def assert_documented(history: list[dict[str, float]]) -> None:
+    exact, prefixes = documented_metrics()
+    for step in history:
+        for key in step:
+            assert key in exact or any(key.startswith(p) for p in prefixes), f"{key} is not in docs/metrics.md"
+
+
+def test_dynamic_sampling_keeps_the_batch_size_when_groups_are_uniform(task_model, task_cases, tmp_path):
+    """Two thirds of the candidate task's groups scored uniform (tests/rl/task_rewards.py): dynamic sampling drops
+    them, refills from further prompts, and still trains on rollout_batch_size groups; with overlong shaping and
+    filtering on. Reward metrics cover every generated group, by department and verdict."""
+    from clinical_rl.rl.driver import run
+
+    cfg = task_config(
+        task_model, task_cases, tmp_path / "run", "steps=2", "algo.advantage=grpo", "algo.kl_coef=0",
+        "algo.rollout_batch_size=4", "algo.n_samples_per_prompt=4", "algo.minibatch_size=16",
+        "algo.dynamic_sampling.max_rounds=6", "algo.overlong.buffer_tokens=8", "algo.overlong.mask_truncated=true",
+        "tracking.wandb_mode=disabled", "reward.cls=tests.rl.task_rewards:UniformByDiagnosis",
+    )
+    history = run(cfg).history
+    for m in history:
+        assert m["rollout/samples"] == 16.0  # 4 groups x 4, as configured
+        generated, dropped = m["dynamic/generated_groups"], m["dynamic/dropped_groups"]
+        assert generated > 4 and dropped > 0 and m["dynamic/rounds"] >= 2
+        # every group generated was trained on, dropped (uniform) or surplus (varying, beyond the batch)
+        assert generated == 4 + dropped + m["dynamic/surplus_groups"]
+        varying = 4 - m["dynamic/filled_uniform_groups"] + m["dynamic/surplus_groups"]
+        assert m["dynamic/kept_frac"] == pytest.approx(varying / generated)
+        assert m["reward/zero_std_group_frac"] == pytest.approx(1 - m["dynamic/kept_frac"])
+        assert "accuracy/by_department/other" in m and "rollout/response_length/correct" in m
+        assert 0 <= m["reward/overlong_penalty"] <= 1
+        assert m["timing/generate"] > 0
+    assert_documented(history)

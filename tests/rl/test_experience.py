@@ -41,10 +41,9 @@ def test_failed_reward_is_masked_and_counted_not_scored():
     assert exp.advantages[1].abs().sum() == 0 and exp.returns[1].abs().sum() == 0
     # gamma=1, lam=0.95, values 0, reward only at the end: every token's advantage is lam^(steps to end) * score
     assert exp.advantages[0, 2:].tolist() == pytest.approx([0.95**2, 0.95, 1.0])
-    m = experience_metrics(exp, [r.status for r in results])
-    assert m["reward/failed_frac"] == pytest.approx(1 / 3)
-    assert m["reward/mean"] == pytest.approx(0.55)
-    assert m["reward/correct"] == pytest.approx(0.5)
+    m = experience_metrics(exp)
+    assert m["rollout/samples"] == 3 and m["kl/mean"] == 0.0
+    assert "reward/mean" not in m  # the reward side is reward_metrics' (tests/rl/test_reward_metrics.py)
 
 
 def test_kl_in_reward_shapes_token_rewards():
@@ -72,8 +71,36 @@ def test_all_failed_metrics_are_nan_not_zero():
     results = [RewardResult.failed("error", "x")] * 3
     zeros = torch.zeros(3, 5)
     exp = make_experience(AlgoConfig(rollout_batch_size=3, minibatch_size=3), batch(), results, zeros, zeros, zeros, 1.0)
-    m = experience_metrics(exp, ["error"] * 3)
-    assert math.isnan(m["reward/mean"]) and m["reward/failed_frac"] == 1.0
+    m = experience_metrics(exp)
+    assert math.isnan(m["kl/mean"])
+
+
+@pytest.mark.parametrize(("mask_truncated", "trained"), [(False, [True, True, True]), (True, [True, False, True])])
+def test_overlong_shaping_and_filtering(mask_truncated, trained):
+    """DAPO's soft overlong punishment with L_max = 3 (max_new_tokens), L_cache = 2 (buffer): no penalty up to
+    L_max - L_cache = 1 token, then (len - 1) / 2 of the penalty 0.5. Response lengths 3, 2, 1 -> penalties
+    0.5 * 1 = 0.5, 0.5 * 0.5 = 0.25, 0; row 1 hit the cap (truncated) and leaves the loss when filtered."""
+    results = [RewardResult(1.0, "ok")] * 3
+    zeros = torch.zeros(3, 5)
+    algo = AlgoConfig(advantage="gae", kl_coef=0.0, normalize_advantages=False, lam=1.0, rollout_batch_size=3,
+                      minibatch_size=3, overlong={"buffer_tokens": 2, "penalty": 0.5, "mask_truncated": mask_truncated})
+    exp = make_experience(algo, batch(), results, zeros, zeros, zeros, 0.0, max_new_tokens=3)
+    assert exp.extras["overlong_penalty"].tolist() == [0.5, 0.25, 0.0]
+    assert exp.scores.tolist() == [0.5, 0.75, 1.0]
+    assert exp.reward_ok.tolist() == trained
+    assert exp.mask[1].sum().item() == (0 if mask_truncated else 2)
+    assert exp.advantages[0, 2:].tolist() == pytest.approx([0.5] * 3)  # lam = gamma = 1, values 0: the score
+    m = experience_metrics(exp)
+    # over the trained samples: (0.5 + 0.25 + 0) / 3, or (0.5 + 0) / 2 without the truncated one: 0.25 either way
+    assert m["reward/overlong_penalty"] == pytest.approx(0.25)
+
+
+def test_overlong_off_leaves_the_scores():
+    results = [RewardResult(1.0, "ok")] * 3
+    zeros = torch.zeros(3, 5)
+    algo = AlgoConfig(rollout_batch_size=3, minibatch_size=3, overlong={"buffer_tokens": 0})
+    exp = make_experience(algo, batch(), results, zeros, zeros, zeros, 0.0, max_new_tokens=3)
+    assert exp.scores.tolist() == [1.0, 1.0, 1.0]
 
 
 def test_single_on_policy_pass_measures_kl_and_entropy_from_the_engine_logprobs():
@@ -87,7 +114,7 @@ def test_single_on_policy_pass_measures_kl_and_entropy_from_the_engine_logprobs(
     exp = make_experience(algo, b, results, None, torch.full((3, 5), -1.0), None, max_failed_frac=0.0)
     # k1 per token = engine logp - ref logp = logp + 1; summed per row: (0.9 + 0.8 + 0.7), (0.5 + 0.4), 0.3
     assert exp.extras["kl"].tolist() == pytest.approx([2.4, 0.9, 0.3])
-    m = experience_metrics(exp, ["ok"] * 3)
+    m = experience_metrics(exp)
     assert m["rollout/entropy_mc"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.5 + 0.6 + 0.7) / 6)
     assert "rollout/logp_mismatch" not in m
     no_kl = make_experience(algo.model_copy(update={"kl_coef": 0.0}), b, results, None, None, None, 0.0)
