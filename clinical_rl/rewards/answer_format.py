@@ -112,6 +112,16 @@ def prompt_opens_think(prompt: str) -> bool:
     return bool(_OPENS_AT_END.search(prompt))
 
 
+def think_tag_counts(text: str) -> tuple[int, int]:
+    """(number of `<think>`, number of `</think>`) in `text`, matched as the parser matches them (any case)."""
+    return len(_OPEN.findall(text)), len(_CLOSE.findall(text))
+
+
+def strip_think_tags(text: str) -> str:
+    """`text` with its `<think>` / `</think>` tags removed (markup, not words: for text statistics)."""
+    return _TAGS.sub(" ", text)
+
+
 def parse_response(text: str, fmt: AnswerFormat = "think", *, think_opened: bool = False) -> ParsedResponse:
     """Reasoning and final answer of a response; an answer without reasoning first counts as missing thinking.
 
