@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -29,6 +30,9 @@ class RewardInput:
     # response starts inside the reasoning block. Set by whoever rendered the prompt (the driver, from the rendered
     # prompt); the HTTP server and verl adapter, which have no tokenizer, read it off the prompt text.
     think_opened: bool = False
+    # A multi-turn episode (clinical_rl/envs/): what the environment recorded (examinations ordered, their cost,
+    # turns, how it ended), numbers or strings keyed by name; `response` is then the episode's final reply.
+    episode: Mapping[str, float | str] | None = None
 
 
 @dataclass(frozen=True)
