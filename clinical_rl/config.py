@@ -15,7 +15,7 @@ from clinical_rl.algorithms.advantages import ADVANTAGE_ESTIMATORS
 from clinical_rl.algorithms.kl import KL_ESTIMATORS
 from clinical_rl.algorithms.losses import POLICY_LOSSES, LossAggMode
 from clinical_rl.config_base import ConfigNode, EngineConfig, ModelConfig
-from clinical_rl.config_stages import DataConfig, EvalConfig, PipelineConfig, SynthesisConfig
+from clinical_rl.config_stages import DataConfig, EvalConfig, PipelineConfig, SelectConfig, SynthesisConfig
 from clinical_rl.device import DeviceKind, DTypeName
 
 JUDGE_ACTOR_NAME = "clinical_rl_judge"  # the in-cluster judge engine; Ray scopes names to the job's namespace
@@ -294,6 +294,7 @@ class RunConfig(ConfigNode):
     algo: AlgoConfig = AlgoConfig()
     data: DataConfig = DataConfig()
     synthesis: SynthesisConfig = SynthesisConfig()
+    select: SelectConfig = SelectConfig()
     sft: SFTConfig = SFTConfig()
     pipeline: PipelineConfig = PipelineConfig()
     eval: EvalConfig = EvalConfig()

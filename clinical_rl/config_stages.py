@@ -164,6 +164,30 @@ class SynthesisConfig(ConfigNode):
     judge: dict[str, Any] | None = Field(None, description="LLM judge after the rule verifier (reward judge keys)")
 
 
+class SelectConfig(ConfigNode):
+    """`clinical-rl select-rl-data`: WiNGPT-3.0's offline difficulty selection. Each case of `data` is answered
+    `n_samples` times by `model` (the SFT checkpoint) as the RL loop samples it (rollout engines, temperature, top_p,
+    max_new_tokens); the cases whose pass rate lies in [min_pass_rate, max_pass_rate] are written to `output`."""
+
+    model: str | None = Field(None, description="the model that answers (the SFT checkpoint): a local HF directory or "
+                              "'embedded'; null: model.path")
+    n_samples: int = Field(8, ge=1, description="answers sampled per case; a pass rate is a multiple of 1/n_samples")
+    min_pass_rate: float = Field(0.1, ge=0, le=1, description="lowest pass rate kept (below: too hard)")
+    max_pass_rate: float = Field(0.9, ge=0, le=1, description="highest pass rate kept (above: too easy); the default "
+                                 "band keeps what the model sometimes but not always solves")
+    pass_threshold: float = Field(1.0, description="a reward class that does not report details['correct']: a "
+                                  "sample passes when its reward >= this (with `correct`: when it is 1)")
+    output: str | None = Field(None, description="the selected cases, JSONL with pass_rate per case, for the PPO "
+                               "stage's data.path; default: <output_dir>/rl_data.jsonl (summary beside it)")
+
+    @model_validator(mode="after")
+    def _check(self) -> SelectConfig:
+        from clinical_rl.selection.pass_rates import check_band
+
+        check_band(self.min_pass_rate, self.max_pass_rate, "select.min_pass_rate, select.max_pass_rate")
+        return self
+
+
 PipelineStage = Literal["synth", "sft", "ppo", "eval"]
 
 

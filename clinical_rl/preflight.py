@@ -5,6 +5,7 @@ is reported at once, each naming its config key.
     models      every model directory the command will load (model.path, critic.init_from, judge, eval, synthesis)
     data        every case file, loaded (not only found): data, synthesis, eval.benchmarks, the SFT rows
     reward      reward.cls imported and constructed once here with reward.kwargs; the audit pairs loaded
+    outputs     select-rl-data: its output file writable, and not its own input
     tracking    W&B credentials when tracking.wandb_mode=online
     endpoints   every OpenAI-compatible endpoint answers one cheap request (GET /models), unless skipped
 
@@ -22,8 +23,8 @@ from typing import Any, Literal
 from clinical_rl.config import RunConfig
 from clinical_rl.config_stages import EvalModelConfig
 
-Command = Literal["ppo", "pipeline", "eval", "synth"]
-PREFLIGHT_COMMANDS: tuple[Command, ...] = ("ppo", "pipeline", "eval", "synth")
+Command = Literal["ppo", "pipeline", "eval", "synth", "select-rl-data"]
+PREFLIGHT_COMMANDS: tuple[Command, ...] = ("ppo", "pipeline", "eval", "synth", "select-rl-data")
 ENDPOINT_TIMEOUT_S = 10.0
 SKIP_HINT = "--skip-endpoint-check skips this check"
 
@@ -105,9 +106,12 @@ def find_problems(cfg: RunConfig, command: Command, *, models: Sequence[EvalMode
         checks.synthesis()
     elif command == "eval":
         checks.evaluation(cfg.eval.models if models is None else models, require_models=True)
+    elif command == "select-rl-data":
+        checks.selection()
     else:
         checks.pipeline()
-    checks.tracking()
+    if command != "select-rl-data":  # the one command that logs nothing to W&B
+        checks.tracking()
     if endpoints:
         checks.reach_endpoints()
     return checks.problems
@@ -193,6 +197,25 @@ class _Checks:
             from clinical_rl.rewards.audit import load_pairs
 
             self.attempt("reward.audit.pairs", lambda: load_pairs(r.audit.pairs))
+
+    def selection(self) -> None:
+        """`select-rl-data`: the answering model, the reward (scored in the driver: no in-cluster judge), the
+        data, and an output file it may write (a flag that set a value names the problem)."""
+        from clinical_rl.selection.runner import selection_model, selection_output
+
+        cfg = self.cfg
+        model, key = selection_model(cfg)
+        self.model(model, "--model" if "--model" in self.flags else key)
+        self.reward()
+        judge = cfg.reward.kwargs.get("judge")
+        if cfg.reward.judge_engine is not None or (isinstance(judge, dict) and judge.get("backend") == "ray_engine"):
+            self.problems.append(Problem(
+                "reward.judge_engine" if cfg.reward.judge_engine is not None else "reward.kwargs.judge.backend",
+                "select-rl-data scores in its own process and starts no in-cluster judge engine: give the reward an "
+                "endpoint judge (reward.kwargs.judge.backend=openai) or none"))
+        self.cases("data.path", cfg.data, cfg.data.limit)
+        output = selection_output(cfg)
+        self.attempt("--out" if "--out" in self.flags else "select.output", lambda: _writable(output, cfg.data.path))
 
     def evaluation(self, models: Sequence[EvalModelConfig], require_models: bool = False) -> None:
         ev = self.cfg.eval
@@ -311,6 +334,18 @@ def _kb_covers(cases: list) -> None:
         raise ValueError(f"knowledge_base writes rows only for the built-in diseases, and has none of the "
                          f"{len(cases)} cases of synthesis.path ({'; '.join(untaught)}); use synthesis.teacher=search "
                          "with a synthesizer (synthesis.model or synthesis.engine_model)")
+
+
+def _writable(output: Path, source: str) -> None:
+    """Raises ValueError when `output` is a directory, is the data file `source` it is selected from, or lies under
+    no directory this process may write (the nearest existing ancestor counts: missing ones are created)."""
+    if output.is_dir():
+        raise ValueError(f"{output} is a directory; name the JSONL file to write")
+    if source != "builtin" and Path(source).exists() and output.resolve() == Path(source).resolve():
+        raise ValueError(f"{output} is data.path: the selection would overwrite the cases it selects from")
+    parent = next(p for p in output.absolute().parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {output}: {parent} is not a writable directory")
 
 
 def _no_rows(path: Path) -> None:

@@ -43,13 +43,13 @@ def check_job_outputs(cfg: RunConfig) -> None:
     is deleted with it, and the other nodes cannot see it. Outside a job this does nothing.
 
     Raises:
-        ValueError: `output_dir`, `eval.out_dir` or `synthesis.output` is relative; the message names the key,
-            the directory it would land in and the fix.
+        ValueError: `output_dir`, `eval.out_dir`, `synthesis.output` or `select.output` is relative; the message
+            names the key, the directory it would land in and the fix.
     """
     if not under_ray_job():
         return
     for key, value in (("output_dir", cfg.output_dir), ("eval.out_dir", cfg.eval.out_dir),
-                       ("synthesis.output", cfg.synthesis.output)):
+                       ("synthesis.output", cfg.synthesis.output), ("select.output", cfg.select.output)):
         if value is not None and not Path(value).is_absolute():
             raise ValueError(
                 f"{key}={value} is relative: under `ray job submit` it would land in {Path.cwd() / value}, in the "

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -118,9 +119,17 @@ def generate_samples(roles: Roles, prompts: list[str], n: int, deadline_s: float
     """Split prompts over the engines (data parallel), n samples each; sorted by group id (the prompt's index).
 
     Raises ActorLost when an engine died or gave no answer within `deadline_s`."""
-    prompt_ids = [roles.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    chunks = [list(range(i, len(prompts), len(roles.engines))) for i in range(len(roles.engines))]
-    busy = [(engine, rows) for engine, rows in zip(roles.engines, chunks) if rows]
+    return sample_on_engines(roles.engines, roles.tokenizer, prompts, n, deadline_s)
+
+
+def sample_on_engines(engines: list, tokenizer: Any, prompts: list[str], n: int, deadline_s: float) -> list[Sample]:
+    """`n` samples of each prompt text, the prompts split round robin over the engines; returned grouped by prompt
+    (`group_id` = the prompt's index in `prompts`), prompt order kept. Also `select-rl-data`'s sampler.
+
+    Raises ActorLost when an engine died or gave no answer within `deadline_s`."""
+    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    chunks = [list(range(i, len(prompts), len(engines))) for i in range(len(engines))]
+    busy = [(engine, rows) for engine, rows in zip(engines, chunks) if rows]
     refs = [engine.generate.remote([prompt_ids[i] for i in rows], rows, n) for engine, rows in busy]
     outputs = gather([engine for engine, _ in busy], refs, "rollout", deadline_s)
     return sorted((s for chunk in outputs for s in chunk), key=lambda s: s.group_id)
@@ -134,10 +143,15 @@ def _pad_id(roles: Roles) -> int:
 def score_rewards(roles: Roles, batch: RolloutBatch, cfg: RewardConfig) -> list[RewardResult]:
     """Score a rollout batch on the reward actors, one result per sample in batch order."""
     lengths = batch.response_lengths.long().tolist()
+    return score_on_actors(roles.rewards, reward_inputs(batch.prompts, batch.responses, batch.cases, lengths), cfg)
+
+
+def reward_inputs(prompts: list[str], responses: list[str], cases: list[Case], lengths: list[int]) -> list[RewardInput]:
+    """What the reward sees of each sample: its rendered prompt, response text, case and response length in policy
+    tokens; the four lists are aligned, one entry per sample."""
     # The prompts were rendered by the policy's chat template: one ending in `<think>` means the template opened it.
-    items = [RewardInput(p, r, c.answer, c, n, think_opened=prompt_opens_think(p))
-             for p, r, c, n in zip(batch.prompts, batch.responses, batch.cases, lengths)]
-    return score_on_actors(roles.rewards, items, cfg)
+    return [RewardInput(p, r, c.answer, c, n, think_opened=prompt_opens_think(p))
+            for p, r, c, n in zip(prompts, responses, cases, lengths, strict=True)]
 
 
 def score_tokens(roles: Roles, batch: RolloutBatch, old_policy: bool) -> TokenScores:

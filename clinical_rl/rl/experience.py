@@ -22,6 +22,18 @@ class RewardFailureError(RuntimeError):
     """Too many samples of a step had no valid reward: training on the rest would hide a broken verifier."""
 
 
+def check_reward_failures(results: list[RewardResult], max_failed_frac: float) -> None:
+    """Raises RewardFailureError when more than `max_failed_frac` of `results` have a status other than ok (the
+    message gives the fraction and up to three of their errors); an empty list passes."""
+    failed = [r for r in results if r.status != "ok"]
+    failed_frac = len(failed) / len(results) if results else 0.0
+    if failed_frac > max_failed_frac:
+        errors = sorted({str(r.details.get("error", r.status)) for r in failed})
+        raise RewardFailureError(
+            f"{failed_frac:.0%} of samples have no valid reward (reward.max_failed_frac={max_failed_frac}): {errors[:3]}"
+        )
+
+
 def make_experience(
     algo: AlgoConfig,
     batch: RolloutBatch,
@@ -40,13 +52,8 @@ def make_experience(
 
     Raises RewardFailureError above `max_failed_frac` failed rewards.
     """
+    check_reward_failures(results, max_failed_frac)
     reward_ok = torch.tensor([r.status == "ok" for r in results])
-    failed_frac = 1.0 - reward_ok.float().mean().item()
-    if failed_frac > max_failed_frac:
-        errors = sorted({str(r.details.get("error", r.status)) for r in results if r.status != "ok"})
-        raise RewardFailureError(
-            f"{failed_frac:.0%} of samples have no valid reward (reward.max_failed_frac={max_failed_frac}): {errors[:3]}"
-        )
     scores = torch.tensor([r.reward if r.status == "ok" else 0.0 for r in results], dtype=torch.float32)
     overlong, trained = _overlong(algo, batch, reward_ok, max_new_tokens)
     scores = scores - overlong
