@@ -17,8 +17,11 @@ from clinical_rl.algorithms.losses import POLICY_LOSSES, LossAggMode
 from clinical_rl.config_base import ConfigNode, EngineConfig, ModelConfig
 from clinical_rl.config_stages import DataConfig, EvalConfig, PipelineConfig, SelectConfig, SynthesisConfig
 from clinical_rl.device import DeviceKind, DTypeName
+from clinical_rl.envs.diagnostic_chain import DiagnosticChainConfig
 
-JUDGE_ACTOR_NAME = "clinical_rl_judge"  # the in-cluster judge engine; Ray scopes names to the job's namespace
+JUDGE_ACTOR_NAME = "clinical_rl_judge"
+CLINICAL_REWARD = "clinical_rl.rewards.clinical:ClinicalReward"
+CHAIN_REWARD = "clinical_rl.envs.reward:DiagnosticChainReward"  # the in-cluster judge engine; Ray scopes names to the job's namespace
 
 # The allowed names come from the algorithm registries: a new entry there is a new valid config value.
 AdvantageName = Literal[tuple(ADVANTAGE_ESTIMATORS)]  # type: ignore[valid-type]
@@ -125,7 +128,7 @@ class RewardAuditConfig(ConfigNode):
 
 
 class RewardConfig(ConfigNode):
-    cls: str = Field("clinical_rl.rewards.clinical:ClinicalReward", description="reward class, module:Class")
+    cls: str = Field(CLINICAL_REWARD, description="reward class, module:Class")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="constructor arguments of the reward class")
     num_actors: int = Field(1, ge=1, description="reward actors; samples are split across them")
     num_cpus: float = Field(0.25, gt=0, description="CPUs per reward actor")
@@ -301,6 +304,9 @@ class RunConfig(ConfigNode):
     placement: PlacementConfig = PlacementConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
+    env: DiagnosticChainConfig | None = Field(
+        None, description="a multi-turn environment the rollouts play (clinical_rl/envs/): diagnostic_chain, where "
+        "the policy orders examinations before it diagnoses; data.* then holds chain cases; null: one-turn answers")
 
     def _prescribed_loss_agg_modes(self) -> set[str]:
         """The loss aggregations the advantage estimator and the policy loss prescribe (none, one or two)."""
@@ -325,6 +331,9 @@ class RunConfig(ConfigNode):
                 raise ValueError(f"{role}.world_size={ws} must divide algo.minibatch_size={self.algo.minibatch_size}")
         if self.placement.colocate and self.algo.use_critic and self.critic.world_size != self.policy.world_size:
             raise ValueError("placement.colocate needs critic.world_size == policy.world_size")
+        if self.env is not None and self.reward.cls == CLINICAL_REWARD:
+            raise ValueError(f"env.name={self.env.name}: reward.cls {CLINICAL_REWARD} judges one reply and ignores what "
+                             f"the episode ordered; set reward.cls={CHAIN_REWARD}")
         overlong = self.algo.overlong
         if overlong is not None and overlong.buffer_tokens >= self.rollout.max_new_tokens:
             raise ValueError(f"algo.overlong.buffer_tokens={overlong.buffer_tokens} must be below "

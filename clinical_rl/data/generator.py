@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from clinical_rl.data.cases import Case
 from clinical_rl.data.knowledge_base import Disease, Text, load_knowledge_base
@@ -70,7 +71,7 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
 }
 
 
-def _join(items: list[str], language: str, *, clauses: bool = False) -> str:
+def join_items(items: Sequence[str], language: str, *, clauses: bool = False) -> str:
     """An English 'a, b and c' list, or a Chinese list joined with commas; `clauses` are joined with semicolons."""
     if language == "zh":
         return ("；" if clauses else "，").join(items)
@@ -131,11 +132,25 @@ def _distractors(
     return symptoms, exam
 
 
-def render_case(
+@dataclass(frozen=True)
+class Vignette:
+    """The drawn facts of one vignette (before templating): who the patient is and which findings it shows."""
+
+    age: int
+    sex: str  # male / female
+    sex_word: str  # the noun (en) or 男/女 (zh)
+    pronoun: str  # sentence-initial pronoun (en), "" (zh)
+    chief_complaint: str
+    history: list[str]  # further symptoms, distractors shuffled in
+    risks: list[str]
+    findings: list[str]  # examination findings, distractors shuffled in
+    labs: list[str]
+
+
+def draw_vignette(
     disease: Disease, language: str, rng: random.Random, difficulty: float, pool: Sequence[Disease]
-) -> str:
-    """One vignette of `disease` in `language`, ending with the diagnostic question."""
-    t = TEMPLATES[language]
+) -> Vignette:
+    """Every random choice of a vignette's facts, in a fixed order (a case's text depends on its seed only)."""
     age = rng.randint(*disease.age)
     sex = disease.sex if disease.sex != "any" else rng.choice(["male", "female"])
     sex_word, pronoun = _sex_words(sex, age, language)
@@ -155,20 +170,45 @@ def render_case(
     findings = [e.get(language) for e in exam]
     for e in extra_exam:
         findings.insert(rng.randint(0, len(findings)), e.get(language))
+    return Vignette(age, sex, sex_word, pronoun, symptoms[0].get(language), history,
+                    [r.get(language) for r in risks], findings, [x.get(language) for x in labs])
 
-    def fill(section: str, **fields: str) -> str:
-        article = "An" if str(age).startswith("8") or age in (11, 18) else "A"
-        return rng.choice(t[section]).format(A=article, age=age, sex=sex_word, Pronoun=pronoun, **fields)
 
-    parts = [fill("opening", cc=symptoms[0].get(language))]
-    if history:
-        parts.append(fill("history", items=_join(history, language)))
-    if risks:
-        parts.append(fill("risk", items=_join([r.get(language) for r in risks], language)))
-    parts.append(fill("exam", items=_join(findings, language, clauses=True)))
-    parts.append(fill("labs", items=_join([x.get(language) for x in labs], language, clauses=True)))
-    parts.append(rng.choice(t["question"]))
-    return ("" if language == "zh" else " ").join(parts)
+def fill_section(vignette: Vignette, language: str, rng: random.Random, section: str, **fields: str) -> str:
+    """One sentence of `section` (a key of TEMPLATES[language]) in a randomly chosen phrasing."""
+    age = vignette.age
+    article = "An" if str(age).startswith("8") or age in (11, 18) else "A"
+    return rng.choice(TEMPLATES[language][section]).format(
+        A=article, age=age, sex=vignette.sex_word, Pronoun=vignette.pronoun, **fields)
+
+
+def presentation_sentences(vignette: Vignette, language: str, rng: random.Random) -> list[str]:
+    """What the patient presents with: the opening (demographics, chief complaint), further history, background."""
+    parts = [fill_section(vignette, language, rng, "opening", cc=vignette.chief_complaint)]
+    if vignette.history:
+        parts.append(fill_section(vignette, language, rng, "history", items=join_items(vignette.history, language)))
+    if vignette.risks:
+        parts.append(fill_section(vignette, language, rng, "risk", items=join_items(vignette.risks, language)))
+    return parts
+
+
+def render_case(
+    disease: Disease, language: str, rng: random.Random, difficulty: float, pool: Sequence[Disease]
+) -> str:
+    """One vignette of `disease` in `language`, ending with the diagnostic question."""
+    vignette = draw_vignette(disease, language, rng, difficulty, pool)
+    parts = presentation_sentences(vignette, language, rng)
+    parts.append(fill_section(vignette, language, rng, "exam",
+                              items=join_items(vignette.findings, language, clauses=True)))
+    parts.append(fill_section(vignette, language, rng, "labs",
+                              items=join_items(vignette.labs, language, clauses=True)))
+    parts.append(rng.choice(TEMPLATES[language]["question"]))
+    return join_sentences(parts, language)
+
+
+def join_sentences(sentences: Sequence[str], language: str) -> str:
+    """Sentences run together: with spaces in English, without in Chinese."""
+    return ("" if language == "zh" else " ").join(sentences)
 
 
 def generate_cases(

@@ -2,7 +2,7 @@
 
 Every per-token tensor is `(B, T)` over the concatenated prompt + response, right-padded, so position `t` holds
 token `t` and the quantity *for generating* token `t` (its logprob, value, advantage). Prompt and padding
-positions are 0 in `response_mask`.
+positions, and in multi-turn episodes the environment's tokens between turns, are 0 in `response_mask`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ class Sample:
     text: str
     finish_reason: str  # "stop" (EOS / stop string) or "length"
     group_id: int  # index of the prompt in the step's batch; the n samples of a prompt share it
+    # Multi-turn episodes (rl/multi_turn.py): 1 on the tokens the model generated, 0 on what the environment
+    # appended between turns (same length as response_ids); None: every response token is generated.
+    loss_mask: list[int] | None = None
+    turn_lengths: list[int] | None = None  # generated tokens of each model turn
+    episode: dict[str, float | str] | None = None  # what the environment recorded (RewardInput.episode)
 
 
 @dataclass(frozen=True)
@@ -44,13 +49,14 @@ class RolloutBatch:
 
     input_ids: Tensor  # (B, T) long: prompt + response, right-padded with pad_id
     attention_mask: Tensor  # (B, T) long: 1 on real tokens
-    response_mask: Tensor  # (B, T) float: 1 on response tokens
+    response_mask: Tensor  # (B, T) float: 1 on generated response tokens (0 on what an environment appended)
     rollout_logp: Tensor  # (B, T) float: engine logprob of each response token, 0 elsewhere
     group_ids: Tensor  # (B,) long
     prompts: list[str]  # (B,) prompt text as the model saw it (chat template applied)
     responses: list[str]  # (B,) decoded response
     cases: list[Case]  # (B,) the sample's case: gold answer, options, ICD-10, language
     truncated: Tensor  # (B,) bool: hit max_new_tokens without EOS
+    episodes: list[dict[str, float | str] | None] = field(default_factory=list)  # (B,) multi-turn only, else []
 
     @staticmethod
     def from_samples(samples: list[Sample], prompts: list[str], cases: list[Case], pad_id: int) -> RolloutBatch:
@@ -65,7 +71,7 @@ class RolloutBatch:
             p, r = len(s.prompt_ids), len(s.response_ids)
             input_ids[i, : p + r] = torch.tensor(s.prompt_ids + s.response_ids)
             attention_mask[i, : p + r] = 1
-            response_mask[i, p : p + r] = 1
+            response_mask[i, p : p + r] = 1 if s.loss_mask is None else torch.tensor(s.loss_mask, dtype=torch.float)
             rollout_logp[i, p : p + r] = torch.tensor(s.rollout_logp)
         return RolloutBatch(
             input_ids=input_ids,
@@ -77,6 +83,7 @@ class RolloutBatch:
             responses=[s.text for s in samples],
             cases=[cases[s.group_id] for s in samples],
             truncated=torch.tensor([s.finish_reason == "length" for s in samples]),
+            episodes=[s.episode for s in samples] if any(s.episode is not None for s in samples) else [],
         )
 
     def __len__(self) -> int:
@@ -100,6 +107,7 @@ class RolloutBatch:
             responses=[self.responses[i] for i in rows],
             cases=[self.cases[i] for i in rows],
             truncated=self.truncated[index],
+            episodes=[self.episodes[i] for i in rows] if self.episodes else [],
         )
 
 

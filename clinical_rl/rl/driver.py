@@ -12,29 +12,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm import trange
 
-from clinical_rl.rl.batch import Group, RolloutBatch, Sample, shard_rows
+from clinical_rl.rl.batch import Group, RolloutBatch, shard_rows
 from clinical_rl.rl.checkpoint import Checkpoint, DriverState, latest_checkpoint, restore_trainers, save_checkpoint
-from clinical_rl.config import AlgoConfig, RewardConfig, RunConfig
+from clinical_rl.config import AlgoConfig, RunConfig
 from clinical_rl.data.cases import Case
-from clinical_rl.data.loaders import load_cases
-from clinical_rl.data.prompts import prompt_opens_think, render_prompt
+from clinical_rl.data.rl_data import load_rl_cases
 from clinical_rl.rl.config_record import check_resume, protected_settings, record_config, settings_hash
 from clinical_rl.rl.dynamic_sampling import collect
 from clinical_rl.rl.experience import experience_metrics, make_experience
 from clinical_rl.rl.reward_metrics import reward_metrics
+from clinical_rl.rl.rollouts import rollout_round, training_batch
 from clinical_rl.models import check_model_dir
-from clinical_rl.launch.actors import gather
 from clinical_rl.launch.cluster import connect_ray, shutdown_ray, with_cluster_shape
 from clinical_rl.launch.layout import check_memory
 from clinical_rl.launch.placement import create_placement_group, format_plan, plan_placement
 from clinical_rl.rewards.audit import AuditPair, live_audit, load_pairs
-from clinical_rl.rewards.base import RewardInput, RewardResult, load_reward_class
+from clinical_rl.rewards.base import load_reward_class
 from clinical_rl.rewards.guard import score_on_actors
 from clinical_rl.rl.faults import redo_on_restart, stops_the_run
 from clinical_rl.rl.roles import Roles, start_roles, stop_roles
@@ -86,72 +84,6 @@ def rl_step(cfg: RunConfig, roles: Roles, cases: list[Case], step: int,
         "perf/rollout_tokens_per_s": collected.response_tokens / timer.seconds["generate"],
         **timer.metrics(),
     }
-
-
-def rollout_round(cfg: RunConfig, roles: Roles, timer: PhaseTimer, cases: list[Case]) -> list[Group]:
-    """Render the cases' prompts, generate `algo.n_samples_per_prompt` samples each and score them: one group per
-    case, in case order."""
-    prompts = [render_prompt(roles.tokenizer, c, cfg.data.system_prompt) for c in cases]
-    with timer("generate"):
-        samples = generate_samples(roles, prompts, cfg.algo.n_samples_per_prompt, cfg.rollout.timeout_s)
-    with timer("reward"):
-        results = score_rewards(roles, RolloutBatch.from_samples(samples, prompts, cases, _pad_id(roles)), cfg.reward)
-    by_group: list[tuple[list[Sample], list[RewardResult]]] = [([], []) for _ in cases]
-    for sample, result in zip(samples, results):
-        by_group[sample.group_id][0].append(sample)
-        by_group[sample.group_id][1].append(result)
-    return [Group(c, p, ss, rs) for c, p, (ss, rs) in zip(cases, prompts, by_group)]
-
-
-def training_batch(roles: Roles, groups: list[Group]) -> tuple[RolloutBatch, list[RewardResult]]:
-    """The kept groups as one padded batch (group ids are their positions) and its results in row order."""
-    samples = [s for g in groups for s in g.samples]
-    batch = RolloutBatch.from_samples(samples, [g.prompt for g in groups], [g.case for g in groups], _pad_id(roles))
-    return batch, [r for g in groups for r in g.results]
-
-
-def generate(roles: Roles, cases: list[Case], prompts: list[str], n: int, deadline_s: float) -> RolloutBatch:
-    """`generate_samples` padded into a batch."""
-    return RolloutBatch.from_samples(generate_samples(roles, prompts, n, deadline_s), prompts, cases, _pad_id(roles))
-
-
-def generate_samples(roles: Roles, prompts: list[str], n: int, deadline_s: float) -> list[Sample]:
-    """Split prompts over the engines (data parallel), n samples each; sorted by group id (the prompt's index).
-
-    Raises ActorLost when an engine died or gave no answer within `deadline_s`."""
-    return sample_on_engines(roles.engines, roles.tokenizer, prompts, n, deadline_s)
-
-
-def sample_on_engines(engines: list, tokenizer: Any, prompts: list[str], n: int, deadline_s: float) -> list[Sample]:
-    """`n` samples of each prompt text, the prompts split round robin over the engines; returned grouped by prompt
-    (`group_id` = the prompt's index in `prompts`), prompt order kept. Also `select-rl-data`'s sampler.
-
-    Raises ActorLost when an engine died or gave no answer within `deadline_s`."""
-    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    chunks = [list(range(i, len(prompts), len(engines))) for i in range(len(engines))]
-    busy = [(engine, rows) for engine, rows in zip(engines, chunks) if rows]
-    refs = [engine.generate.remote([prompt_ids[i] for i in rows], rows, n) for engine, rows in busy]
-    outputs = gather([engine for engine, _ in busy], refs, "rollout", deadline_s)
-    return sorted((s for chunk in outputs for s in chunk), key=lambda s: s.group_id)
-
-
-def _pad_id(roles: Roles) -> int:
-    tokenizer = roles.tokenizer
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-def score_rewards(roles: Roles, batch: RolloutBatch, cfg: RewardConfig) -> list[RewardResult]:
-    """Score a rollout batch on the reward actors, one result per sample in batch order."""
-    lengths = batch.response_lengths.long().tolist()
-    return score_on_actors(roles.rewards, reward_inputs(batch.prompts, batch.responses, batch.cases, lengths), cfg)
-
-
-def reward_inputs(prompts: list[str], responses: list[str], cases: list[Case], lengths: list[int]) -> list[RewardInput]:
-    """What the reward sees of each sample: its rendered prompt, response text, case and response length in policy
-    tokens; the four lists are aligned, one entry per sample."""
-    # The prompts were rendered by the policy's chat template: one ending in `<think>` means the template opened it.
-    return [RewardInput(p, r, c.answer, c, n, think_opened=prompt_opens_think(p))
-            for p, r, c, n in zip(prompts, responses, cases, lengths, strict=True)]
 
 
 def score_tokens(roles: Roles, batch: RolloutBatch, old_policy: bool) -> TokenScores:
@@ -273,9 +205,7 @@ def preflight(cfg: RunConfig) -> tuple[Path, Path, list[Case], list[AuditPair]]:
             audit_pairs = load_pairs(cfg.reward.audit.pairs)
         except ValueError as err:
             raise ValueError(f"reward.audit.pairs: {err}") from None
-    d = cfg.data
-    cases = load_cases(d.path, d.format, d.fields, d.language, d.limit, cfg.seed, departments=d.departments,
-                       builtin_per_disease=d.builtin_per_disease)
+    cases = load_rl_cases(cfg.data, cfg.seed, chain=cfg.env is not None)
     return model_path, critic_path, cases, audit_pairs
 
 

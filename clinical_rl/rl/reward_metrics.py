@@ -39,6 +39,7 @@ def reward_metrics(groups: Sequence[Group]) -> dict[str, float]:
     m |= _zero_std_groups(results, group_ids)
     m |= _by_department(cases, results, ok)
     m |= _length_by_verdict(results, lengths, ok)
+    m |= _turns([s.turn_lengths for g in groups for s in g.samples], results, ok)
     return m
 
 
@@ -100,3 +101,19 @@ def _length_by_verdict(results: Sequence[RewardResult], lengths: Sequence[int], 
         elif isinstance(value := details.get("correct"), (int, float)):
             by_verdict["correct" if value == 1 else "wrong"].append(lengths[i])
     return {f"rollout/response_length/{v}": sum(ls) / len(ls) for v, ls in sorted(by_verdict.items())}
+
+
+def _turns(turn_lengths: Sequence[list[int] | None], results: Sequence[RewardResult], ok: list[int]
+           ) -> dict[str, float]:
+    """Multi-turn episodes: model turns per episode, generated tokens per turn, and accuracy by the number of turns
+    the episode took (does asking more lead to better answers?). Absent for single-turn rollouts."""
+    if all(t is None for t in turn_lengths):
+        return {}
+    turns = [t or [] for t in turn_lengths]
+    m = {"episode/turns_mean": sum(map(len, turns)) / len(turns),
+         "episode/turn_tokens_mean": sum(map(sum, turns)) / max(1, sum(map(len, turns)))}
+    by_turns: dict[int, list[float]] = defaultdict(list)
+    for i in ok:
+        if isinstance(value := results[i].details.get("correct"), (int, float)):
+            by_turns[len(turns[i])].append(float(value))
+    return m | {f"accuracy/by_turns/{k}": sum(v) / len(v) for k, v in sorted(by_turns.items())}

@@ -21,6 +21,13 @@ def describe_step(cfg: RunConfig) -> list[str]:
         f"  policy loss {p.loss_mode} ({cfg.loss_agg_mode}), clip [{p.clip_eps_low:g}, {p.clip_eps_high:g}]"
         + (f", dual clip {p.dual_clip_c:g}" if p.dual_clip_c else ""),
     ]
+    if cfg.env is not None:
+        e = cfg.env
+        costs = ", ".join(f"{category} {cost:g}" for category, cost in e.costs.items())
+        lines.append(f"  environment {e.name}: up to {e.max_turns} model turns of {cfg.rollout.max_new_tokens} tokens "
+                     f"per episode (context {cfg.rollout.max_model_len}); exam costs {costs}; reward - "
+                     f"{e.cost_penalty:g} x cost" + (f" - {e.no_exam_penalty:g} if nothing ordered" if e.no_exam_penalty
+                                                     else ""))
     if a.dynamic_sampling is not None:
         d = a.dynamic_sampling
         most = a.rollout_batch_size * d.max_rounds  # each refill round asks for at most rollout_batch_size prompts

@@ -70,6 +70,8 @@ def run_selection(cfg: RunConfig) -> SelectionResult:
     from clinical_rl.rewards.guard import RewardActor
 
     s, d = cfg.select, cfg.data
+    if cfg.env is not None:
+        raise ValueError("env: select-rl-data samples one-turn answers; it does not play the diagnostic chain")
     model, key = selection_model(cfg)
     model_path = check_model_dir(model, key)
     cases = load_cases(d.path, d.format, d.fields or None, d.language, d.limit, cfg.seed, departments=d.departments,
@@ -101,7 +103,7 @@ def _sample_and_score(engines: list[Any], tokenizer: Any, cases: Sequence[Case],
             broken verifier): stopping there saves sampling the rest for pass rates that would mean nothing.
         RunStopped: an engine lost twice on one round.
     """
-    from clinical_rl.rl.driver import reward_inputs
+    from clinical_rl.rl.rollouts import reward_inputs
     from clinical_rl.rl.experience import check_reward_failures
 
     per_round = _PROMPTS_PER_ENGINE * len(engines)
@@ -125,7 +127,7 @@ def _sample_and_score(engines: list[Any], tokenizer: Any, cases: Sequence[Case],
 
 def _sample_round(engines: list[Any], tokenizer: Any, prompts: list[str], cfg: RunConfig,
                   start: int) -> list[Sample]:
-    """`select.n_samples` samples per prompt (`rl.driver.sample_on_engines`: grouped by prompt, `group_id` the index
+    """`select.n_samples` samples per prompt (`rl.rollouts.sample_on_engines`: grouped by prompt, `group_id` the index
     in `prompts`); after a lost engine, wait for Ray to restart it and sample the round once more. `start`: the index
     of the round's first case, for messages.
 
@@ -133,7 +135,7 @@ def _sample_round(engines: list[Any], tokenizer: Any, prompts: list[str], cfg: R
         RunStopped: the round lost an engine twice.
     """
     from clinical_rl.launch.actors import ActorLost, wait_ready
-    from clinical_rl.rl.driver import sample_on_engines
+    from clinical_rl.rl.rollouts import sample_on_engines
     from clinical_rl.rl.faults import RESTART_TIMEOUT_S, RunStopped
 
     n, deadline = cfg.select.n_samples, cfg.rollout.timeout_s

@@ -242,3 +242,65 @@ def test_native_trainer_engine(engine: RolloutEngine, hf_model: PreTrainedModel)
     perturb(hf_model)
     trainer.send_weights()
     torch.testing.assert_close(engine_logprobs(engine, SEQ), hf_logprobs(hf_model, SEQ), atol=TOL, rtol=0)
+
+
+class ScriptedEpisode:
+    """Answers the first `turns - 1` replies with a numbered result, then ends; records what it was sent."""
+
+    def __init__(self, turns: int) -> None:
+        self.turns, self.replies = turns, []
+
+    def step(self, reply: str) -> str | None:
+        self.replies.append(reply)
+        return f"result {len(self.replies)}" if len(self.replies) < self.turns else None
+
+    def summary(self) -> dict[str, float]:
+        return {"turns": float(len(self.replies))}
+
+
+def test_multi_turn_episodes_are_token_in_token_out(engine: RolloutEngine, sender: WeightSender,
+                                                    hf_model: PreTrainedModel) -> None:
+    """Three episodes of 3, 1 and 2 turns on one engine: each trajectory is exactly the generated turns with the
+    encoded observations between them, the observations are masked out (loss mask 0, logprob 0), and every
+    generated token's engine logprob equals HF's over the whole trajectory (nothing re-encoded between turns)."""
+    from vllm import SamplingParams
+
+    from clinical_rl.rl.multi_turn import ObservationEncoder, run_episodes
+
+    tokenizer = engine.llm.get_tokenizer()
+    encode = ObservationEncoder(tokenizer)
+    # A random tiny model rarely emits its EOS: stop on half of the vocabulary so turns end by "stop" quickly.
+    params = SamplingParams(n=1, temperature=CFG.temperature, max_tokens=6, logprobs=0,
+                            stop_token_ids=list(range(0, len(tokenizer), 2)))
+    prompts = [[1, 520, 3014, 281], [1, 2911, 28, 42], [1, 7, 3000, 15]]
+    episodes = [ScriptedEpisode(3), ScriptedEpisode(1), ScriptedEpisode(2)]
+    samples = run_episodes(engine.llm.llm_engine, encode, [(p, g, e) for p, g, e in zip(prompts, [0, 0, 1], episodes)],
+                           params, CFG.max_model_len)
+    assert [s.group_id for s in samples] == [0, 0, 1]
+    assert [len(s.turn_lengths) for s in samples] == [3, 1, 2]  # every turn ended by a stop token, none cut off
+    for sample, episode, prompt in zip(samples, episodes, prompts):
+        assert sample.prompt_ids == prompt and sample.finish_reason in ("stop", "length")
+        turns = len(sample.turn_lengths)
+        assert turns == (episode.turns if sample.finish_reason == "stop" else turns)
+        assert sample.episode == {"turns": float(len(episode.replies))}
+        # rebuild the trajectory: generated turn k, then the observation "result k" the episode returned
+        rebuilt, mask, offset = [], [], 0
+        for k, length in enumerate(sample.turn_lengths, start=1):
+            rebuilt += sample.response_ids[offset: offset + length]
+            mask += [1] * length
+            offset += length
+            if k < turns:
+                appended = encode(f"result {k}")
+                rebuilt += appended
+                mask += [0] * len(appended)
+                offset += len(appended)
+        assert rebuilt == sample.response_ids and mask == sample.loss_mask
+        assert all(lp == 0.0 for lp, m in zip(sample.rollout_logp, mask) if m == 0)
+        assert tokenizer.decode(encode("result 1")) == "\n<|im_start|>user\nresult 1<|im_end|>\n<|im_start|>assistant\n"
+        want = hf_logprobs(hf_model, prompt + sample.response_ids, CFG.temperature)[len(prompt) - 1:]
+        generated = torch.tensor(mask, dtype=torch.bool)
+        torch.testing.assert_close(torch.tensor(sample.rollout_logp)[generated], want[generated], atol=TOL, rtol=0)
+    assert [len(e.replies) for e in episodes][1] == 1  # a one-turn episode is over after its first reply
+
+    batch_row = engine.run_episodes([prompts[0]], [4], [ScriptedEpisode(2)])[0]  # the actor method, config params
+    assert batch_row.group_id == 4 and len(batch_row.loss_mask) == len(batch_row.response_ids)

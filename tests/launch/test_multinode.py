@@ -60,7 +60,8 @@ def test_engines_and_trainers_on_their_nodes_one_step_and_weights_cross_nodes(
     from clinical_rl.launch.engines import BIND_ENV
     from clinical_rl.launch.placement import create_placement_group, plan_placement
     from clinical_rl.rl.batch import RolloutBatch
-    from clinical_rl.rl.driver import generate, rl_step
+    from clinical_rl.rl.driver import rl_step
+    from clinical_rl.rl.rollouts import generate
     from clinical_rl.rl.roles import start_roles, stop_roles
 
     inference, training = two_node_cluster

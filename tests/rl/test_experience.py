@@ -166,3 +166,34 @@ def test_grpo_without_std_normalisation():
     # score - mean(1, 0, 0.5) = 0.5, -0.5, 0 on every response token (std normalisation would give 1, -1, 0)
     assert exp.advantages[:, 2].tolist() == pytest.approx([0.5, -0.5, 0.0])
     assert exp.advantages[0, 2:].tolist() == pytest.approx([0.5, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("advantage", ["gae", "grpo"])
+def test_environment_tokens_never_enter_the_losses(advantage):
+    """A two-turn episode: generated [3, 4], the environment's [90, 91, 92], generated [5] (loss mask 1 1 0 0 0 1).
+    The environment's positions are out of the loss mask, carry no advantage or return, and changing the trainer's
+    logprobs or the critic's values there changes neither the policy nor the value loss."""
+    from clinical_rl.algorithms.losses import ppo_policy_loss, value_loss
+
+    episode = Sample([1, 2], [3, 4, 90, 91, 92, 5], [-0.1, -0.2, 0.0, 0.0, 0.0, -0.3], "Diagnosis: x", "stop", 0,
+                     loss_mask=[1, 1, 0, 0, 0, 1], turn_lengths=[2, 1])
+    other = Sample([1, 2], [6], [-0.4], "Diagnosis: y", "stop", 0)
+    b = RolloutBatch.from_samples([episode, other], ["p"], [Case("q", "x")], pad_id=0)
+    env = torch.tensor([[False] * 4 + [True] * 3 + [False], [False] * 8])
+    assert b.response_mask[0].tolist() == [0, 0, 1, 1, 0, 0, 0, 1] and b.response_lengths.tolist() == [3, 1]
+    results = [RewardResult(1.0, "ok"), RewardResult(0.1, "ok")]
+    values = torch.rand(2, 8)
+    algo = AlgoConfig(advantage=advantage, n_samples_per_prompt=2, rollout_batch_size=1, minibatch_size=2, lam=0.9,
+                      kl_coef=0.0)
+    exp = make_experience(algo, b, results, torch.zeros(2, 8), None, values if advantage == "gae" else None, 0.0)
+    assert not exp.mask[env].any() and not exp.advantages[env].any() and not exp.returns[env].any()
+    assert exp.advantages[0, [2, 3, 7]].abs().min() > 0  # every generated token of the episode learns
+
+    logp = (0.01 * torch.randn(2, 8)).requires_grad_()  # near pi_old: no token clipped
+    noise = torch.where(env, 5.0, 0.0)  # only at the environment's positions
+    for loss_of in (lambda lp, v: ppo_policy_loss(lp, torch.zeros(2, 8), exp.advantages, exp.mask)[0],
+                    lambda lp, v: value_loss(v, values, exp.returns, exp.mask)[0]):
+        assert loss_of(logp, values).item() == pytest.approx(loss_of(logp + noise, values + noise).item())
+    loss = ppo_policy_loss(logp, torch.zeros(2, 8), exp.advantages, exp.mask)[0]
+    loss.backward()
+    assert not logp.grad[env].any() and logp.grad[0, [2, 3, 7]].abs().min() > 0

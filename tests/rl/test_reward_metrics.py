@@ -67,3 +67,14 @@ def test_latency_is_logged_as_its_tail():
     results = [RewardResult(1.0, "ok", {"latency_s": float(i)}) for i in range(101)]
     m = reward_metrics([group("I10", results, [1] * 101)])
     assert m["reward/latency_s_p50"] == 50.0 and m["reward/latency_s_p99"] == pytest.approx(99.0)
+
+
+def test_episode_turns_and_accuracy_by_turns():
+    """Three episodes of 1, 2 and 2 turns (5 turns, 4 + 6 + 2 + 3 + 5 = 20 generated tokens); right, wrong, right."""
+    samples = [Sample([1], [2] * n, [-0.1] * n, "x", "stop", 0, loss_mask=[1] * n, turn_lengths=turns)
+               for n, turns in [(4, [4]), (8, [6, 2]), (8, [3, 5])]]
+    m = reward_metrics([Group(Case("q", "a"), "p", samples, [result(1), result(0), result(1)])])
+    assert m["episode/turns_mean"] == pytest.approx(5 / 3)
+    assert m["episode/turn_tokens_mean"] == pytest.approx(20 / 5)
+    assert m["accuracy/by_turns/1"] == 1.0 and m["accuracy/by_turns/2"] == 0.5
+    assert not [k for k in reward_metrics([group("I10", [result(1)], [3])]) if k.startswith("episode/")]
