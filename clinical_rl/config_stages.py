@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from clinical_rl.config_base import ConfigNode, EngineConfig
 from clinical_rl.data.departments import Department
 from clinical_rl.data.fields import CaseFields
+from clinical_rl.envs.diagnostic_chain import DiagnosticChainConfig
 from clinical_rl.synthesis.filters import FilterConfig
 
 
@@ -20,6 +21,9 @@ DataFormat = Literal[
 
 DEPARTMENTS_HELP = "keep only the cases of these departments (built-in data: only their diseases); null: all"
 PER_DISEASE_HELP = "built-in data: generated vignettes per disease and language"
+# What a chain benchmark's path may hold (`data.rl_data.load_rl_cases` with chain=True): the knowledge base's
+# chain cases, MedR-Bench (by format or its shared file name), or chain-case JSONL.
+CHAIN_FORMATS: tuple[str, ...] = ("auto", "builtin", "medrbench", "jsonl")
 
 
 FIELDS_HELP = ("schema field -> source column, null (not read), {column, join, values} (renamed column, list joined, "
@@ -80,18 +84,36 @@ class EvalBenchmarkConfig(ConfigNode):
     departments: list[Department] | None = Field(None, description=DEPARTMENTS_HELP)
     builtin_per_disease: int = Field(1, ge=1, description=PER_DISEASE_HELP)
     per_department: int | None = Field(None, ge=1, description="MedBench-Hard-style ICD-stratified split size")
+    env: DiagnosticChainConfig | None = Field(
+        None, description="a chain benchmark: each case is an episode of this environment (the model orders "
+        "examinations, then diagnoses; path holds chain cases, as data.path of a chain run); null: one-turn answers")
 
     @model_validator(mode="after")
     def _check(self) -> EvalBenchmarkConfig:
-        _check_fields_format(self.fields, self.format, f"eval.benchmarks[{self.name}]")
+        where = f"eval.benchmarks[{self.name}]"
+        _check_fields_format(self.fields, self.format, where)
+        if self.env is not None:
+            # Chain cases have one layout (envs/chain_cases.py) and three sources; no column mapping applies.
+            if self.fields:
+                raise ValueError(f"{where}.fields: a chain benchmark (env) reads chain cases, whose layout is fixed; "
+                                 "remove the mapping")
+            if self.format not in CHAIN_FORMATS:
+                raise ValueError(f"{where}.format: a chain benchmark (env) reads {', '.join(CHAIN_FORMATS)}, "
+                                 f"not {self.format!r}")
         return self
+
+    def chain_data(self) -> DataConfig:
+        """The data section `load_rl_cases(..., chain=True)` loads this chain benchmark's cases from (no limit:
+        the benchmark's applies after its split)."""
+        return DataConfig(path=self.path, format=self.format, language=self.language, departments=self.departments,
+                          builtin_per_disease=self.builtin_per_disease)
 
 
 class EvalConfig(ConfigNode):
     models: list[EvalModelConfig] = Field(default_factory=list, description="models to compare; empty: the run's")
     benchmarks: list[EvalBenchmarkConfig] = Field(
         default_factory=lambda: [EvalBenchmarkConfig(name="builtin")], description="case sets to evaluate on")
-    max_new_tokens: int = Field(1024, ge=1, description="response cap")
+    max_new_tokens: int = Field(1024, ge=1, description="response cap (chain benchmarks: per reply)")
     temperature: float = Field(0.0, ge=0, description="0: greedy")
     cot_prompt: bool = Field(False, description="base models: ask for step-by-step reasoning in the user turn")
     system_prompt: str | None = Field(None, description="override the think-then-answer instruction")

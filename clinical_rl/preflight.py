@@ -157,8 +157,9 @@ class _Checks:
         from clinical_rl.data.rl_data import load_rl_cases
 
         try:
-            if self.cfg.env is not None and section is self.cfg.data:  # a diagnostic-chain run reads chain cases
-                return load_rl_cases(section, self.cfg.seed, chain=True)
+            chain = section.chain_data() if getattr(section, "env", None) is not None else None  # chain benchmark
+            if chain is not None or (self.cfg.env is not None and section is self.cfg.data):  # or a chain run's
+                return load_rl_cases(chain or section, self.cfg.seed, chain=True)
             return load_cases(section.path, section.format, section.fields or None, section.language, limit,
                               self.cfg.seed, departments=section.departments,
                               builtin_per_disease=section.builtin_per_disease)

@@ -54,7 +54,7 @@ def chain_corpus() -> list[str]:
     return texts + [d for d in DIAGNOSES]
 
 
-def warm_start_chain(model_dir: Path, steps: int = 400, batch_size: int = 16, lr: float = 1e-3, seed: int = 0) -> None:
+def warm_start_chain(model_dir: Path, steps: int = 400, batch_size: int = 8, lr: float = 1e-3, seed: int = 0) -> None:
     """Supervised: half the rows order the X-ray, read its result and answer right; half guess at once."""
     from transformers import AutoTokenizer
 

@@ -18,6 +18,7 @@ describes; the inputs are stored in full, not as a hash, so that a mismatch can 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -30,6 +31,7 @@ from typing import Any
 from clinical_rl.config import RunConfig
 from clinical_rl.config_stages import EvalBenchmarkConfig, EvalModelConfig
 from clinical_rl.data.cases import Case
+from clinical_rl.envs.chain_cases import ChainCase
 from clinical_rl.eval.records import BenchmarkSource, ModelSource, Prediction
 from clinical_rl.eval.report import read_predictions, write_predictions
 from clinical_rl.eval.report_base import atomic_file, file_slug
@@ -64,7 +66,8 @@ def pair_inputs(model: EvalModelConfig, source: ModelSource, benchmark: EvalBenc
     - model: a local directory with a signature of its files (name, size, mtime: a policy retrained into the same
       directory is another model), the engine dtype and context length (both change the text generated); an
       endpoint's URL, model name and tokenizer (which decides how replies are parsed).
-    - benchmark: its config and a SHA-256 of the cases loaded (a case file edited in place is another benchmark).
+    - benchmark: its config (a chain benchmark's `env` included: max_turns, costs) and a SHA-256 of the cases
+      loaded (a case file edited in place is another benchmark).
     - generation and judging: max_new_tokens, temperature, cot_prompt, system_prompt, answer_format, judge; the
       run's seed; clinical_rl's version (the verifier's rules come with it).
     """
@@ -95,9 +98,14 @@ def _dir_signature(directory: Path) -> str:
 
 
 def _cases_digest(cases: Sequence[Case]) -> str:
-    """SHA-256 of what the model reads and what it is judged against, case by case in order."""
+    """SHA-256 of what the model reads and what it is judged against, case by case in order; a chain case's
+    examination record too (what the environment answers with), appended only then so that one-turn digests
+    stay as they were."""
     rows = [[c.id, c.question, c.answer, dict(c.options) if c.options is not None else None, c.answer_letter,
              c.icd10, c.department, c.language] for c in cases]
+    for row, case in zip(rows, cases):
+        if isinstance(case, ChainCase):
+            row.append([dataclasses.asdict(exam) for exam in case.exams])
     return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
 
 

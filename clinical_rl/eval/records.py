@@ -32,13 +32,38 @@ class Prediction:
     verdict: EvalVerdict
     path: str  # which verifier path decided: "rule:<rule>", "judge", "format", "error"
     error: str | None = None
+    # Chain benchmarks only (None otherwise): the episode summary (`Episode.summary()` without the final reply,
+    # which is `output`; counts as floats, cost in the environment's units, `ended_by` "answered", "max_turns" or
+    # "error" when a failed request cut it short), and the whole conversation as chat messages ({role, content}).
+    episode: dict[str, Any] | None = None
+    conversation: list[dict[str, str]] | None = None
 
     @property
     def correct(self) -> bool:
         return self.verdict == "correct"
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON line; the chain fields only where set, so one-turn lines keep their layout."""
+        data = asdict(self)
+        return {k: v for k, v in data.items() if k not in _CHAIN_FIELDS or v is not None}
+
+
+_CHAIN_FIELDS = ("episode", "conversation")
+
+
+@dataclass(frozen=True)
+class ChainMeans:
+    """Per-case means of a group's chain episodes (`Prediction.episode`) that were played to their end: a
+    failed request cut the others short, so they would understate what the model orders (they count as errors
+    beside the accuracy instead). NaN means when no episode of the group was played to its end (n = 0)."""
+
+    n: int  # episodes averaged
+    exams: float  # examinations ordered (billed: performed or not)
+    cost: float  # in the environment's units (physical 0, lab 1, imaging 3, procedure 5 by default)
+    info_requests: float  # examinations whose results the record had
+    useless_requests: float  # not performed, unknown, repeated or refused requests
+    turns: float  # model replies
+    max_turns_frac: float  # share of episodes that ended because the turns ran out, not by an answer
 
 
 @dataclass(frozen=True)
@@ -72,6 +97,7 @@ class GroupRow:
     # Predictions with verdict "error" (a failed request or judge). They count as not correct, so every place that
     # shows the accuracy shows them beside it; a default, so that rows built without predictions still construct.
     errors: int = 0
+    chain: ChainMeans | None = None  # chain benchmarks: what the episodes ordered and cost (None: one-turn)
 
     @property
     def all_failed(self) -> bool:

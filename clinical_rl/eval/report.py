@@ -21,22 +21,23 @@ from typing import Any
 from clinical_rl.data.departments import DEPARTMENT_ZH
 from clinical_rl.eval.charts import plot_training_curve, render_charts
 from clinical_rl.eval.records import REPORT, GroupRow, Outcomes, Prediction, Provenance, count_outcomes
+from clinical_rl.eval.report_base import MISSING as _MISSING
+from clinical_rl.eval.report_base import cell as _cell
+from clinical_rl.eval.report_base import md_table as _table
 from clinical_rl.eval.report_base import (
     atomic_file,
     benchmark_order,
     department_label,
     department_order,
-    has_accuracy,
+    format_accuracy,
     index_rows,
     language_label,
     language_order,
     model_order,
 )
+from clinical_rl.eval.report_chain import chain_lines
 
 __all__ = ["write_predictions", "read_predictions", "markdown_report", "write_report"]
-
-_MISSING = "—"
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # predictions.jsonl
@@ -72,6 +73,8 @@ def _type_error(value: Any, hint: Any) -> str | None:
             return None
         names = " | ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
         return f"expected {names}, got {type(value).__name__} {value!r}"
+    if origin in (dict, list):  # the chain fields: the container's type, its items are free-form
+        return None if isinstance(value, origin) else f"expected {origin.__name__}, got {type(value).__name__}"
     if hint is type(None):
         return None if value is None else f"expected null, got {value!r}"
     if isinstance(hint, type):
@@ -118,41 +121,6 @@ def read_predictions(path: Path) -> list[Prediction]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}" if math.isfinite(x) else "nan"
-
-
-def format_accuracy(row: GroupRow | None, *, with_n: bool = False) -> str:
-    """`62.5 [55.1, 69.8]` (percent with its 95% CI), without the brackets when the row has no interval (too few
-    cases, `Estimate.has_interval`); then in parentheses `n=40` when `with_n`, and `3 failed` when some of the
-    group's predictions were errors, which count as not correct: `45.0 [23.1, 66.9] (n=20, 3 failed)`.
-
-    A group whose predictions all failed has no accuracy: `— (20 of 20 failed)`. `—` alone when absent."""
-    if row is None:
-        return _MISSING
-    est = row.accuracy
-    if row.all_failed:
-        return f"{_MISSING} ({row.errors} of {est.n} failed)"
-    if not has_accuracy(row):
-        return _MISSING
-    text = f"{_pct(est.value)} [{_pct(est.low)}, {_pct(est.high)}]" if est.has_interval else _pct(est.value)
-    notes = [f"n={est.n}"] if with_n else []
-    if row.errors:
-        notes.append(f"{row.errors} failed")
-    return f"{text} ({', '.join(notes)})" if notes else text
-
-
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(header: Sequence[str], body: Sequence[Sequence[Any]], align: Sequence[str]) -> list[str]:
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |"]
-    lines.append("|" + "|".join("---:" if a == "r" else ":---" for a in align) + "|")
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in body]
-    return lines
-
-
 def _spread(values: Sequence[int]) -> str:
     """One number when all models agree (they scored the same cases), else `min–max`."""
     if not values:
@@ -196,8 +164,9 @@ def markdown_report(
     outcomes: Sequence[Outcomes] = (),
 ) -> str:
     """The report as Markdown: what was evaluated (`provenance`); per benchmark an overview (model × overall /
-    departments / languages), the `outcomes` (format rate, no final answer, undecided, errors per model), a
-    department table and a language table; then the charts, as `![label](path)`.
+    departments / languages), the `outcomes` (format rate, no final answer, undecided, errors per model), for a
+    chain benchmark what the episodes ordered and cost (`report_chain`), a department table and a language table;
+    then the charts, as `![label](path)`.
 
     Chart paths are emitted as given (POSIX separators); with `relative_to` (the report's directory) they are
     made relative to it.
@@ -224,6 +193,7 @@ def markdown_report(
         lines += ["", f"## Benchmark `{benchmark}`", "", "### Overview", ""]
         lines += _overview_table(index, benchmark, models, departments, languages)
         lines += _outcome_lines([o for o in outcomes if o.benchmark == benchmark])
+        lines += chain_lines(index, benchmark, models, departments)  # chain benchmarks only
         if departments:
             lines += ["", "### By department", ""]
             lines += _group_table(
@@ -307,6 +277,8 @@ def _group_json(row: GroupRow) -> dict[str, Any]:
     """One accuracy row for summary.json: non-finite numbers null, and value, low and high null where every
     prediction failed (`summarize` already makes them NaN; a row built otherwise must not read as 0% either)."""
     data = _finite(asdict(row))
+    if row.chain is None:  # one-turn rows keep their layout
+        del data["chain"]
     if row.all_failed:
         data["accuracy"] |= {"value": None, "low": None, "high": None}
     return data
@@ -331,7 +303,7 @@ def write_report(
     """Write `predictions.jsonl`, `summary.json`, `charts/*.png` and `report.md` (last) under `out_dir`.
 
     summary.json: {"groups": accuracy rows with their n and errors (interval bounds null where a group has none;
-    value too where all its predictions failed), "outcomes": per
+    value too where all its predictions failed; a chain benchmark's rows also `chain`: `ChainMeans`), "outcomes": per
     benchmark and model n, errors, undecided, no_answer, answered, first_error, error_frac and format_rate,
     "models": [{label, path, base_url, model}], "benchmarks": [{name, path, n}], "config_hash", "version",
     "min_interval_n"} -- the last five from `provenance`.

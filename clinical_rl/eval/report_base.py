@@ -1,5 +1,5 @@
 """What the evaluation report, its charts and its W&B dashboards share: how `GroupRow`s are ordered, looked up and
-labelled, and atomic file writes with safe names.
+labelled, atomic file writes with safe names, and the Markdown cells and tables of the report.
 
 Ordering is stable everywhere: benchmarks and models in first-seen order, departments in `DEPARTMENTS` order (unknown
 ones after, first-seen), languages zh, en, then others first-seen.
@@ -21,6 +21,7 @@ from clinical_rl.eval.records import GroupRow
 
 LANGUAGES: tuple[str, ...] = ("zh", "en")
 LANGUAGE_NAMES: dict[str, str] = {"zh": "Chinese", "en": "English"}
+MISSING = "—"  # a table cell with nothing to show
 
 # ---------------------------------------------------------------------------------------------------------------
 # Atomic files
@@ -118,3 +119,46 @@ def department_label(department: str) -> str:
 def language_label(language: str) -> str:
     """English display name: `zh` -> `Chinese`; unknown codes stay as they are."""
     return LANGUAGE_NAMES.get(language, language)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Markdown cells and tables
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def pct(x: float) -> str:
+    """A share in percent with one decimal (`0.625` -> `62.5`); `nan` when not finite."""
+    return f"{100 * x:.1f}" if math.isfinite(x) else "nan"
+
+
+def format_accuracy(row: GroupRow | None, *, with_n: bool = False) -> str:
+    """`62.5 [55.1, 69.8]` (percent with its 95% CI), without the brackets when the row has no interval (too few
+    cases, `Estimate.has_interval`); then in parentheses `n=40` when `with_n`, and `3 failed` when some of the
+    group's predictions were errors, which count as not correct: `45.0 [23.1, 66.9] (n=20, 3 failed)`.
+
+    A group whose predictions all failed has no accuracy: `— (20 of 20 failed)`. `—` alone when absent."""
+    if row is None:
+        return MISSING
+    est = row.accuracy
+    if row.all_failed:
+        return f"{MISSING} ({row.errors} of {est.n} failed)"
+    if not has_accuracy(row):
+        return MISSING
+    text = f"{pct(est.value)} [{pct(est.low)}, {pct(est.high)}]" if est.has_interval else pct(est.value)
+    notes = [f"n={est.n}"] if with_n else []
+    if row.errors:
+        notes.append(f"{row.errors} failed")
+    return f"{text} ({', '.join(notes)})" if notes else text
+
+
+def cell(text: Any) -> str:
+    """`text` as one Markdown table cell: `|` escaped, new lines as spaces."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(header: Sequence[str], body: Sequence[Sequence[Any]], align: Sequence[str]) -> list[str]:
+    """A Markdown table: the header, the alignment row (`align`: "r" right, anything else left) and the body."""
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |"]
+    lines.append("|" + "|".join("---:" if a == "r" else ":---" for a in align) + "|")
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in body]
+    return lines

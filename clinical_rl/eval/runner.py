@@ -4,6 +4,7 @@
         for benchmark in benchmarks:           # case files, optionally an ICD-stratified split
             if done with the same inputs: reuse   # out_dir/predictions/ (eval/pairs.py), unless eval.restart
             replies     = model.chat(case conversations)          # same prompt format as training
+                          # a chain benchmark (env): play each case's episode, turn by turn (eval/chain.py)
             predictions += verify(final answer of each reply)     # rule verifier, then the judge
             keep the pair's predictions                           # a crash later loses none of them
     rows = summarize(predictions)              # accuracy per department / language, bootstrap 95% CIs
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import logging
 import sys
@@ -158,11 +160,20 @@ def _evaluate_model(model: EvalModelConfig, source: ModelSource,
 
 def _ask(pair: _Pair, label: str, backend: ChatBackend, verifier: CascadeVerifier, ev: EvalConfig,
          think_opened: bool) -> None:
-    """Ask and judge the pair's open cases, fill them in, save the pair and say its errors."""
-    todo, name = pair.todo, pair.benchmark.name
+    """Ask and judge the pair's open cases (a chain benchmark: play their episodes, then judge the final
+    replies alike), fill them in, save the pair and say its errors."""
+    todo, name, env = pair.todo, pair.benchmark.name, pair.benchmark.env
     cases = [pair.cases[i] for i in todo]
-    replies = chat_in_chunks(backend, [conversation(c, ev) for c in cases], ev, f"{label}/{name}")
-    judged = judge_replies(name, label, cases, replies, verifier, ev, think_opened=think_opened)
+    if env is None:
+        replies = chat_in_chunks(backend, [conversation(c, ev) for c in cases], ev, f"{label}/{name}")
+        judged = judge_replies(name, label, cases, replies, verifier, ev, think_opened=think_opened)
+    else:
+        from clinical_rl.eval.chain import play_episodes
+
+        played = play_episodes(backend, cases, env, ev, f"{label}/{name}")
+        judged = judge_replies(name, label, cases, [p.final for p in played], verifier, ev, think_opened=think_opened)
+        judged = [dataclasses.replace(j, episode=p.summary(), conversation=p.messages)
+                  for j, p in zip(judged, played, strict=True)]
     for i, prediction in zip(todo, judged, strict=True):
         pair.predictions[i] = prediction
     done = [p for p in pair.predictions if p is not None]
@@ -179,11 +190,17 @@ def _say_errors(outcomes: Outcomes, label: str) -> None:
 
 
 def load_benchmark(b: EvalBenchmarkConfig, seed: int) -> list[Case]:
+    """The benchmark's cases (a chain benchmark's: chain cases, as a chain run loads its data), split
+    `per_department` when asked, then cut to `limit`. Raises what the loaders raise."""
+    from clinical_rl.data.rl_data import load_rl_cases
     from clinical_rl.eval.splits import build_split
 
     seed = seed if b.seed is None else b.seed
-    cases = load_cases(b.path, b.format, b.fields or None, b.language, None, seed, departments=b.departments,
-                       builtin_per_disease=b.builtin_per_disease)
+    if b.env is not None:
+        cases = load_rl_cases(b.chain_data(), seed, chain=True)
+    else:
+        cases = load_cases(b.path, b.format, b.fields or None, b.language, None, seed, departments=b.departments,
+                           builtin_per_disease=b.builtin_per_disease)
     if b.per_department:
         cases = build_split(cases, b.per_department, seed=seed)
     return cases[: b.limit] if b.limit else cases
@@ -216,24 +233,32 @@ def conversation(case: Case, ev: EvalConfig) -> Conversation:
     return case_messages(case, ev.system_prompt)
 
 
+@dataclass
+class ErrorStreak:
+    """Failed requests in a row, carried from one `chat_in_chunks` call to the next (the turns of a chain)."""
+
+    failed: int = 0
+
+
 def chat_in_chunks(backend: ChatBackend, conversations: list[Conversation], ev: EvalConfig,
-                   label: str) -> list[ChatReply | Exception]:
+                   label: str, streak: ErrorStreak | None = None) -> list[ChatReply | Exception]:
     """One reply (or the exception of its request) per conversation, sent in chunks with a progress bar.
 
     After `ev.max_consecutive_errors` failed requests in a row (a dead endpoint, a missing key) the rest are not
-    sent: each gets a RuntimeError saying so, and counts as an error."""
+    sent: each gets a RuntimeError saying so, and counts as an error. `streak` carries the count in and out, so
+    that the turns of a chain benchmark stop as one stream would."""
     replies: list[ChatReply | Exception] = []
-    failed_in_a_row = 0
+    streak = streak if streak is not None else ErrorStreak()
     with tqdm(total=len(conversations), desc=f"eval {label}", unit="case") as bar:
         for start in range(0, len(conversations), _CHUNK):
-            if failed_in_a_row >= ev.max_consecutive_errors:
-                unsent = RuntimeError(f"not sent: the {failed_in_a_row} requests before it failed in a row "
+            if streak.failed >= ev.max_consecutive_errors:
+                unsent = RuntimeError(f"not sent: the {streak.failed} requests before it failed in a row "
                                       "(eval.max_consecutive_errors)")
                 replies += [unsent] * (len(conversations) - start)
                 break
             chunk = conversations[start : start + _CHUNK]
             for reply in backend.chat(chunk, ev.max_new_tokens, ev.temperature):
-                failed_in_a_row = failed_in_a_row + 1 if isinstance(reply, Exception) else 0
+                streak.failed = streak.failed + 1 if isinstance(reply, Exception) else 0
                 replies.append(reply)
             bar.update(len(chunk))
     return replies

@@ -22,7 +22,7 @@ import numpy as np
 
 from clinical_rl.data.cases import Case
 from clinical_rl.data.departments import DEPARTMENTS, normalize_icd10
-from clinical_rl.eval.records import Estimate, GroupRow, Prediction
+from clinical_rl.eval.records import ChainMeans, Estimate, GroupRow, Prediction
 from clinical_rl.rewards.answer_format import normalize_answer, parse_response
 from clinical_rl.rewards.rule_verifier import RuleVerifier
 
@@ -82,7 +82,8 @@ def summarize(predictions: Sequence[Prediction], *, min_interval_n: int, n_resam
 
     `distinct_diagnoses`: distinct normalised references (`normalize_answer`); `distinct_icd10`: distinct ICD-10
     codes after `normalize_icd10` among predictions that carry one (codes it does not know are not counted).
-    Every row's interval uses the same `seed`. Raises ValueError for `min_interval_n` < 1.
+    Every row's interval uses the same `seed`. Rows of a chain benchmark (predictions with an `episode`) carry
+    `chain_means` of their group. Raises ValueError for `min_interval_n` < 1.
     """
     if min_interval_n < 1:
         raise ValueError(f"min_interval_n must be >= 1, got {min_interval_n}")
@@ -115,8 +116,25 @@ def summarize(predictions: Sequence[Prediction], *, min_interval_n: int, n_resam
                 distinct_diagnoses=len({normalize_answer(p.reference) for p in members}),
                 distinct_icd10=len(codes - {None}),
                 errors=errors,
+                chain=chain_means(members),
             ))
     return rows
+
+
+def chain_means(predictions: Sequence[Prediction]) -> ChainMeans | None:
+    """`ChainMeans` of the predictions' episodes (chain benchmarks), over those played to their end (verdict not
+    "error"); None when no prediction carries an episode (a one-turn benchmark)."""
+    if not any(p.episode is not None for p in predictions):
+        return None
+    played = [p.episode for p in predictions if p.episode is not None and p.verdict != "error"]
+
+    def mean(key: str) -> float:
+        return float(np.mean([float(e[key]) for e in played])) if played else math.nan
+
+    max_turns = float(np.mean([e.get("ended_by") == "max_turns" for e in played])) if played else math.nan
+    return ChainMeans(n=len(played), exams=mean("exams_ordered"), cost=mean("cost"),
+                      info_requests=mean("info_requests"), useless_requests=mean("useless_requests"),
+                      turns=mean("turns"), max_turns_frac=max_turns)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -7,10 +7,10 @@ new values (each change is logged and printed) and the next checkpoint records t
 break a resume or silently make it another experiment: the model and its dtype, the trainers' optimisation and
 sharding (lr, weight decay, clipping, ZeRO stage, world size; the critic's only when there is one), the policy
 loss (its mode, clips, dual clip, aggregation) and entropy bonus, the rollout's sampling (max_new_tokens,
-temperature, top_p), the reward (class, kwargs, judge model), every `algo.*` and `data.*` key, and the seed. Not
-protected: how long and how often (steps, save_every, keep_checkpoints), where (output_dir), and how it runs (ray.*,
-tracking.*, placement.*, timeouts, num_cpus, micro-batch sizes, engine counts and memory), eval.*, and the resume
-flags.
+temperature, top_p), the reward (class, kwargs, judge model), every `algo.*`, `data.*` and `env.*` key, and the
+seed. Not protected: how long and how often (steps, save_every, keep_checkpoints), where (output_dir), and how it
+runs (ray.*, tracking.*, placement.*, timeouts, num_cpus, micro-batch sizes, engine counts and memory), eval.*,
+and the resume flags.
 
 **Saved configs.** The resolved config is written once the run has started (its roles placed and up, a checkpoint
 restored), so a run that fails to start leaves the earlier record alone, and nothing is ever overwritten:
@@ -49,7 +49,7 @@ PROTECTED: tuple[str, ...] = (
                                "loss_agg_mode")),
     "rollout.max_new_tokens", "rollout.temperature", "rollout.top_p",
     "reward.cls", "reward.kwargs", "reward.judge_engine.model",
-    "algo", "data",
+    "algo", "data", "env",
 )
 CRITIC_PROTECTED: tuple[str, ...] = tuple(
     f"critic.{k}" for k in (*_TRAINER, "clip_value", "value_coef", "init_from"))

@@ -109,13 +109,25 @@ def test_embedded_model_through_engine_actors_and_vllm_serve(tmp_path, vllm_serv
     ev = cfg.eval.model_copy(update={
         "models": [EvalModelConfig(label="engine", path="embedded"),
                    EvalModelConfig(label="endpoint", model="smollm2", base_url=vllm_server.base_url)],
-        "benchmarks": [EvalBenchmarkConfig(name="builtin", path="builtin", limit=20)],
+        # and a chain benchmark: the same backends play the diagnostic chain's episodes (tests/eval/test_chain_eval.py
+        # checks its numbers with a scripted model)
+        "benchmarks": [EvalBenchmarkConfig(name="builtin", path="builtin", limit=20),
+                       EvalBenchmarkConfig(name="chain", path="builtin", language="en", limit=3,
+                                           env={"max_turns": 2})],
     })
     result = run_eval(cfg.model_copy(update={"eval": ev}))
-    by_model = {m: [p for p in result.predictions if p.model == m] for m in ("engine", "endpoint")}
+    chain = [p for p in result.predictions if p.benchmark == "chain"]
+    assert len(chain) == 6 and all(p.episode and p.episode["ended_by"] in ("answered", "max_turns") for p in chain)
+    for p in chain:  # system, the environment's first turn, then the model's replies and the environment's answers
+        roles = [m["role"] for m in p.conversation]
+        assert roles[:3] == ["system", "user", "assistant"] and len(roles) == 1 + 2 * p.episode["turns"]
+        assert "<request>" in p.conversation[1]["content"] and p.conversation[-1]["content"] == p.output
+    assert "Diagnostic chain" in result.report.read_text()
+    builtin = [p for p in result.predictions if p.benchmark == "builtin"]
+    by_model = {m: [p for p in builtin if p.model == m] for m in ("engine", "endpoint")}
     assert all(len(p) == 20 for p in by_model.values())
     assert all(p.verdict != "error" for p in result.predictions), [p.error for p in result.predictions if p.error]
-    assert all(p.output for p in result.predictions)
+    assert all(p.output for p in builtin)
     # Same weights, greedy decoding: the two backends mostly write the same text.
     same = sum(a.output == b.output for a, b in zip(by_model["engine"], by_model["endpoint"]))
     assert same >= 15, same

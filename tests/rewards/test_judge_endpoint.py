@@ -8,10 +8,11 @@ import threading
 import pytest
 import torch
 
-from clinical_rl.rl.batch import RolloutBatch, Sample
+from clinical_rl.rl.batch import Group, RolloutBatch, Sample
 from clinical_rl.config import AlgoConfig, RewardConfig
 from clinical_rl.data.cases import Case
-from clinical_rl.rl.experience import experience_metrics, make_experience
+from clinical_rl.rl.experience import make_experience
+from clinical_rl.rl.reward_metrics import reward_metrics
 from clinical_rl.local_server import free_port
 from clinical_rl.rewards.base import RewardInput
 
@@ -121,7 +122,7 @@ def test_unreachable_judge_ends_in_error_and_the_step_goes_on(endpoint):
     exp = make_experience(AlgoConfig(advantage="grpo", n_samples_per_prompt=4, rollout_batch_size=1,
                                      minibatch_size=4), batch, results, logp, logp, None, max_failed_frac=0.5)
     assert exp.reward_ok.tolist() == [False, True, True, True] and exp.mask[0].sum() == 0
-    metrics = experience_metrics(exp, [r.status for r in results])
+    metrics = reward_metrics([Group(CASE, "p", samples, results)])
     assert metrics["reward/failed_frac"] == 0.25 and math.isfinite(metrics["reward/mean"])
 
 
