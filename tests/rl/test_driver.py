@@ -119,7 +119,8 @@ def test_critic_free_learns_the_candidate_task_in_bf16_through_lost_actors(advan
 
     marker = tmp_path / "killed"
     cfg = task_config(
-        task_model, task_cases, tmp_path / "run", f"steps={steps}", "model.dtype=bfloat16", f"algo.advantage={advantage}",
+        task_model, task_cases, tmp_path / "run", f"steps={steps}", "model.dtype=bfloat16",
+        f"algo.advantage={advantage}",
         "algo.rollout_batch_size=16", "algo.n_samples_per_prompt=4", "algo.minibatch_size=32", "algo.ppo_epochs=2",
         "policy.lr=3e-4", "algo.tis_cap=2.0", "policy.micro_batch_size=32", "tracking.wandb_mode=disabled",
         "reward.cls=tests.rl.fault_rewards:KillsEngineAndItselfOnce", f"reward.kwargs.marker={marker}",
